@@ -1,0 +1,47 @@
+"""RankingModel: what every click-through-rate ranker in the zoo shares.
+
+A ranker is built from a FeatureSet and the names of the features it uses; it takes a dict of
+raw feature tensors and returns the click probability ``sigmoid(logit(x))`` of shape ``[batch]``.
+Subclasses implement :meth:`logit` and extend :meth:`get_config` with their own arguments.
+
+Args:
+  feature_set: the FeatureSet (or its ``to_dict()``).
+  features: names of the features to use (default: every feature of the set).
+"""
+from recsys_tf.backend import keras, tf
+from recsys_tf.features import FeatureSet
+
+
+class RankingModel(keras.Model):
+    output_name = "probability"
+
+    def __init__(self, feature_set, features=None, **kwargs):
+        super().__init__(**kwargs)
+        fs = feature_set if isinstance(feature_set, FeatureSet) else FeatureSet.from_dict(feature_set)
+        self.features = list(features) if features is not None else fs.names
+        self.feature_set = fs.select(self.features)
+
+    def logit(self, inputs, training=None):
+        raise NotImplementedError
+
+    def call(self, inputs, training=None):
+        return tf.sigmoid(tf.squeeze(self.logit(inputs, training=training), axis=-1))
+
+    def input_signature(self):
+        """TensorSpecs of the raw inputs, named as the features (the SavedModel's inputs)."""
+        return self.feature_set.input_signature(self.features)
+
+    def dummy_inputs(self, n=2):
+        """A batch of ``n`` padding/zero values for every input (builds the weights)."""
+        out = {}
+        for name, spec in self.input_signature().items():
+            shape = [n] + list(spec.shape[1:])
+            out[name] = tf.fill(shape, "" if spec.dtype == tf.string else tf.zeros([], spec.dtype))
+        return out
+
+    def get_config(self):
+        return {"feature_set": self.feature_set.to_dict(), "features": self.features}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)

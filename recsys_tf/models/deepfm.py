@@ -1,0 +1,60 @@
+"""DeepFM: a factorization machine and a DNN on one shared embedding per field.
+
+    y = sigmoid( w_0 + sum_f w_f(x_f)                       # linear (first order)
+               + sum_{i<j} <e_i, e_j>                       # FM (second order)
+               + w^T MLP([e_1; ...; e_F]) )                 # deep part
+
+The FM and the DNN read the same field embeddings ``e_f`` (size ``dim``); there are no
+separate wide features. Numeric features become fields ``z_f * v_f``; sequences are mean-pooled.
+
+Args:
+  feature_set: the FeatureSet (or its ``to_dict()``).
+  features: feature names used as fields (default: all).
+  dim: field embedding size (default 16).
+  dnn_units: hidden sizes of the DNN (default ``(256, 128)``).
+  dropout: DNN dropout (default 0).
+  embeddings_l2: L2 on looked-up embeddings (default 1e-6).
+
+Inputs: dict of raw feature tensors. Outputs: click probability ``[batch]``.
+
+Example::
+
+    model = DeepFM(ds.feature_set, dim=8, dnn_units=(64, 32))
+    p = model(ds.feature_set.arrays(ds.test.head(4)))
+
+Reference: Guo et al., "DeepFM: A Factorization-Machine based Neural Network for CTR
+Prediction", IJCAI 2017.
+"""
+from recsys_tf.backend import keras, tf
+from recsys_tf.layers.embedding import FeatureEmbedding
+from recsys_tf.layers.fm import FM
+from recsys_tf.layers.linear import Linear
+from recsys_tf.layers.mlp import MLP
+from recsys_tf.models.base import RankingModel
+
+
+class DeepFM(RankingModel):
+    def __init__(self, feature_set, features=None, dim=16, dnn_units=(256, 128), dropout=0.0,
+                 embeddings_l2=1e-6, **kwargs):
+        super().__init__(feature_set, features, **kwargs)
+        self.dim, self.dnn_units = int(dim), list(dnn_units)
+        self.dropout, self.embeddings_l2 = float(dropout), float(embeddings_l2)
+        self.embedding = FeatureEmbedding(self.feature_set, self.features, dim=self.dim,
+                                          numeric="field", sequence="mean",
+                                          embeddings_l2=self.embeddings_l2, name="fields")
+        self.linear = Linear(self.feature_set, self.features, name="linear")
+        self.fm = FM(name="fm")
+        self.dnn = MLP(self.dnn_units, dropout=self.dropout, name="dnn")
+        self.dnn_logit = keras.layers.Dense(1, name="dnn_logit")
+
+    def logit(self, inputs, training=None):
+        fields = self.embedding.stack(self.embedding(inputs))            # [b, F, dim]
+        flat = tf.reshape(fields, [-1, len(self.features) * self.dim])
+        deep = self.dnn_logit(self.dnn(flat, training=training))
+        return self.linear(inputs) + self.fm(fields) + deep
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"dim": self.dim, "dnn_units": self.dnn_units, "dropout": self.dropout,
+                       "embeddings_l2": self.embeddings_l2})
+        return config
