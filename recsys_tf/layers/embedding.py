@@ -63,12 +63,12 @@ class FeatureEmbedding(keras.layers.Layer):
         self.sequence = sequence
         self.embeddings_l2 = float(embeddings_l2)
         self.initializer_stddev = float(initializer_stddev)
-        self._tables = {}  # table name -> owning Categorical
+        tables = {}  # table name -> owning Categorical (built first: Keras tracks dicts)
         for n in self.features:
-            f = self.feature_set[n]
-            if not isinstance(f, Numeric):
+            if not isinstance(self.feature_set[n], Numeric):
                 base = self.feature_set.categorical_of(n)
-                self._tables.setdefault(base.table, base)
+                tables.setdefault(base.table, base)
+        self._tables = tables
         self._lookups = {t: self._make_lookup(c) for t, c in self._tables.items()}
 
     @staticmethod
@@ -90,12 +90,11 @@ class FeatureEmbedding(keras.layers.Layer):
             t: self.add_weight(name=f"embedding_{t}", shape=(c.num_buckets, self.table_dim(t)),
                                initializer=init(), trainable=True)
             for t, c in self._tables.items()}
-        self.field_vectors = {}
-        if self.numeric == "field":
-            for n in self.features:
-                if isinstance(self.feature_set[n], Numeric):
-                    self.field_vectors[n] = self.add_weight(
-                        name=f"field_{n}", shape=(self.dim,), initializer=init(), trainable=True)
+        self.field_vectors = {
+            n: self.add_weight(name=f"field_{n}", shape=(self.dim,), initializer=init(),
+                               trainable=True)
+            for n in self.features
+            if self.numeric == "field" and isinstance(self.feature_set[n], Numeric)}
         super().build(input_shape)
 
     def lookup(self, name, values):
@@ -110,6 +109,8 @@ class FeatureEmbedding(keras.layers.Layer):
 
     def embed_ids(self, name, values):
         """Embeddings of raw ids ``values`` (any shape) in ``name``'s table."""
+        if not self.built:  # a table can be used through embed_ids before the layer is called
+            self.build(None)
         table = self.feature_set.categorical_of(name).table
         return tf.gather(self.tables[table], self.lookup(name, values))
 
