@@ -342,13 +342,19 @@ def _as_ids(values: np.ndarray, dtype: str) -> np.ndarray:
 
 
 def pad_sequences(seqs: Seq, max_len: int, dtype: str = "string") -> np.ndarray:
-    """Left-aligned, end-padded ``[n, max_len]`` array keeping each list's last ``max_len`` items."""
+    """Left-aligned, end-padded ``[n, max_len]`` array keeping each list's last ``max_len`` items.
+
+    Lists that are already end-padded lose their padding first, so re-padding to a shorter
+    ``max_len`` keeps the most recent real items."""
     pad = "" if dtype == "string" else 0
     out = np.full((len(seqs), max_len), pad, dtype=object if dtype == "string" else np.int64)
     for i, s in enumerate(seqs):
         if s is None or (isinstance(s, float) and np.isnan(s)):
             continue
-        s = list(s)[-max_len:]
+        s = list(s)
+        while s and (s[-1] == pad or s[-1] is None or s[-1] == str(pad)):  # already padded
+            s.pop()
+        s = s[-max_len:]
         if s:
             out[i, : len(s)] = [str(v) for v in s] if dtype == "string" else s
     return out

@@ -17,6 +17,10 @@ from recsys_tf.features import FeatureSet
 DATASETS = {
     "synthetic": "recsys_tf.data.synthetic:load",
     "movielens-100k": "recsys_tf.data.movielens:load",
+    "amazon-beauty": "recsys_tf.data.amazon:load_beauty",
+    "amazon-sports": "recsys_tf.data.amazon:load_sports",
+    "amazon-toys": "recsys_tf.data.amazon:load_toys",
+    "amazon-grocery": "recsys_tf.data.amazon:load_grocery",
 }
 
 
