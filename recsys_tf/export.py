@@ -17,10 +17,12 @@ only) and ``query_embedding``: query features -> ``embedding``.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
 import platform
+import shutil
 
 import numpy as np
 
@@ -51,6 +53,19 @@ def _target(export_root, name, version):
         raise FileExistsError(f"{path} exists already; versions are never overwritten "
                               f"(next free version: {next_version(export_root, name)})")
     return path, version
+
+
+@contextlib.contextmanager
+def _staged(path):
+    """Writes a version under a hidden temporary name and renames it into place when complete,
+    so a server polling the directory never loads a half-written version."""
+    tmp = os.path.join(os.path.dirname(path), f".tmp-{os.path.basename(path)}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        yield tmp
+        os.rename(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _jsonable(x):
@@ -125,7 +140,14 @@ def export_ranker(model, export_root, name, card=None, warmup_inputs=None, versi
         return {model.output_name: model(inputs, training=False)}
 
     fns = {RANKER_SIGNATURE: serve.get_concrete_function(**model.input_signature())}
-    tf.saved_model.save(model, path, signatures=fns)
+    final = path
+    with _staged(final) as path:
+        tf.saved_model.save(model, path, signatures=fns)
+        _ranker_extras(model, path, name, version, fns, card, warmup_inputs)
+    return final
+
+
+def _ranker_extras(model, path, name, version, fns, card, warmup_inputs):
     full = {"name": name, "version": version, "kind": "ranker",
             "model": type(model).__name__, "config": {k: v for k, v in model.get_config().items()
                                                       if k != "feature_set"},
@@ -134,7 +156,6 @@ def export_ranker(model, export_root, name, card=None, warmup_inputs=None, versi
     write_model_card(path, full)
     if warmup_inputs is not None:
         write_warmup(path, name, warmup_inputs)
-    return path
 
 
 class RetrievalIndex(tf.Module):
@@ -180,8 +201,8 @@ def export_retrieval(model, ds, export_root, name="two_tower", card=None, versio
                      item_embeddings=None):
     """Writes a two-tower model's brute-force retrieval SavedModel plus the client's tables.
 
-    ``assets.extra/items.jsonl`` (item features, one JSON object a line, the order of
-    ``item_embeddings.npy``) and ``users.jsonl`` (user features, latest histories, ``seen``).
+    ``assets.extra/items.jsonl`` (item features and ``popularity``, the count of training
+    interactions, one JSON object a line, in the order of ``item_embeddings.npy``) and ``users.jsonl`` (user features, latest histories, ``seen``).
     """
     from recsys_tf.training import item_embeddings as embed_items
 
@@ -191,10 +212,21 @@ def export_retrieval(model, ds, export_root, name="two_tower", card=None, versio
     ids = fs.arrays(ds.items, [fs.item_id])[fs.item_id]
     index = RetrievalIndex(model.query_tower, model.query_signature(), ids, emb)
     fns = index.signatures()
-    tf.saved_model.save(index, path, signatures=fns)
+    final = path
+    with _staged(final) as path:
+        tf.saved_model.save(index, path, signatures=fns)
+        _retrieval_extras(model, ds, path, name, version, fns, emb, ids, card)
+    return final
+
+
+def _retrieval_extras(model, ds, path, name, version, fns, emb, ids, card):
+    fs = ds.feature_set
     extra = os.path.join(path, "assets.extra")
     os.makedirs(extra, exist_ok=True)
-    ds.items.to_json(os.path.join(extra, "items.jsonl"), orient="records", lines=True)
+    items = ds.items.copy()
+    counts = ds.retrieval_train[fs.item_id].value_counts()
+    items["popularity"] = items[fs.item_id].map(counts).fillna(0).astype(np.int64)
+    items.to_json(os.path.join(extra, "items.jsonl"), orient="records", lines=True)
     ds.users.to_json(os.path.join(extra, "users.jsonl"), orient="records", lines=True)
     np.save(os.path.join(extra, "item_embeddings.npy"), np.asarray(emb, np.float32))
     full = {"name": name, "version": version, "kind": "retrieval", "index": "brute_force",
@@ -209,7 +241,6 @@ def export_retrieval(model, ds, export_root, name="two_tower", card=None, versio
                        model.query_features)
     sample["k"] = np.int32(min(10, len(ids)))
     write_warmup(path, name, sample)
-    return path
 
 
 def _category_feature(fs):
