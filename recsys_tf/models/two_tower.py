@@ -38,7 +38,7 @@ import numpy as np
 import tensorflow_recommenders as tfrs
 
 from recsys_tf.backend import keras, tf
-from recsys_tf.features import FeatureSet, Sequence
+from recsys_tf.features import FeatureSet, Numeric, Sequence
 from recsys_tf.layers.embedding import FeatureEmbedding, masked_mean
 from recsys_tf.layers.mlp import MLP
 
@@ -91,7 +91,8 @@ class TwoTower(tfrs.Model):
                                if isinstance(self.feature_set[n], Sequence)
                                and self.feature_set.categorical_of(n).table
                                in {self.feature_set.categorical_of(c).table
-                                   for c in self.candidate_features}]
+                                   for c in self.candidate_features
+                                   if not isinstance(self.feature_set[c], Numeric)}]
         own = [n for n in self.query_features if n not in self.shared_history]
         self.query_tower = _QueryTower(self.feature_set, own, self.shared_history, dim, hidden,
                                        name="query_tower")

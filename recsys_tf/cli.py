@@ -1,0 +1,380 @@
+"""``recsys-tf``: the command line.
+
+    recsys-tf data DATASET [--data-dir DIR]
+    recsys-tf train MODEL --data DATASET [--data-dir DIR] [--epochs N] [--batch-size B]
+                    [--export-dir DIR] [--metrics-out FILE.json]
+    recsys-tf evaluate --model-dir saved_models/NAME/V --data DATASET [--data-dir DIR]
+    recsys-tf export [--export-dir DIR] [--config-out FILE]
+    recsys-tf serve [--model-config FILE] [--model-base-path DIR] [--port P]
+    recsys-tf recommend --user-id U [--k 10] [--target host:port] [--json]
+    recsys-tf demo
+    recsys-tf bench
+
+Every command has ``--help``. The contract above is stable: later versions add options, they
+do not change what these mean.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+MODEL_NAMES = ("two_tower", "wide_deep", "deepfm", "xdeepfm", "dcn_v2", "dien")
+
+
+def _datasets():
+    from recsys_tf.data import DATASETS
+
+    return sorted(DATASETS)
+
+
+def _add_data_args(p, required=True):
+    p.add_argument("--data", required=required, metavar="DATASET",
+                   help="dataset name: " + ", ".join(_datasets()))
+    p.add_argument("--data-dir", default=None,
+                   help="directory holding the real data sets (default: $RECSYS_TF_DATA_DIR)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+
+def _load_data(args, **options):
+    from recsys_tf import data
+
+    if args.data == "synthetic":
+        options.setdefault("seed", args.seed)
+    return data.load(args.data, args.data_dir, **options)
+
+
+def _say(msg):
+    print(msg, flush=True)
+
+
+# -- data ----------------------------------------------------------------------------------
+def cmd_data(args):
+    t = time.perf_counter()
+    ds = _load_data(args)
+    summary = {"dataset": ds.name, "seconds": round(time.perf_counter() - t, 2),
+               "n_train": len(ds.train), "n_valid": 0 if ds.valid is None else len(ds.valid),
+               "n_test": len(ds.test), "n_items": len(ds.items), "n_users": len(ds.users),
+               "label_rate_train": float(ds.train[ds.feature_set.label].mean()),
+               "features": {f.name: f"{f.kind}/{f.role}" for f in ds.feature_set},
+               "info": ds.info}
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+# -- train ---------------------------------------------------------------------------------
+def train(model_name, ds, epochs=None, batch_size=None, export_dir=None, learning_rate=None,
+          verbose=None, options=None, export_name=None):
+    """Trains ``model_name`` on ``ds``, evaluates it, optionally exports; returns the metrics."""
+    from recsys_tf import export, models, training
+
+    options = dict(options or {})
+    cls = models.get(model_name)
+    fs = ds.feature_set
+    if model_name == "two_tower":
+        model = cls(fs, **options)
+        fit = training.train_retrieval(model, ds, epochs=epochs or 3, batch_size=batch_size or 256,
+                                       learning_rate=learning_rate or 0.1, verbose=verbose)
+        scores = training.evaluate_retrieval(model, ds)
+        n_train, n_test = len(ds.retrieval_train), len(ds.retrieval_test)
+    else:
+        model = cls(fs, **options)
+        fit = training.train_ranker(model, ds, epochs=epochs or 2, batch_size=batch_size or 256,
+                                    learning_rate=learning_rate or 1e-3, verbose=verbose)
+        scores = training.evaluate_ranker(model, ds)
+        n_train, n_test = len(ds.train), len(ds.test)
+    result = {"model": model_name, "dataset": ds.name, "n_train": n_train, "n_test": n_test,
+              "train_seconds": round(fit["train_seconds"], 3),
+              "train_examples_per_sec": round(fit["train_examples_per_sec"], 1),
+              "epochs_run": fit["epochs_run"], **{k: float(v) for k, v in scores.items()}}
+    if "oracle_auc" in scores:
+        result["gap_to_oracle_auc"] = float(scores["oracle_auc"] - scores["auc"])
+    if export_dir:
+        card = {"dataset": ds.name, "metrics": result, "data_info": ds.info}
+        name = export_name or model_name
+        if model_name == "two_tower":
+            path = export.export_retrieval(model, ds, export_dir, name=name, card=card)
+        else:
+            sample = fs.arrays(ds.test.head(3), model.features)
+            path = export.export_ranker(model, export_dir, name, card=card, warmup_inputs=sample)
+        result["export_path"] = path
+    return result, model
+
+
+def cmd_train(args):
+    if args.model not in MODEL_NAMES:
+        _say(f"error: unknown model {args.model!r}; models are {', '.join(MODEL_NAMES)}")
+        return 2
+    from recsys_tf import models
+
+    try:
+        models.get(args.model)
+    except NotImplementedError as e:
+        _say(f"error: {e}")
+        return 2
+    ds = _load_data(args)
+    _say(f"training {args.model} on {ds.name}: {len(ds.train):,} training rows")
+    result, _ = train(args.model, ds, epochs=args.epochs, batch_size=args.batch_size,
+                      export_dir=args.export_dir, learning_rate=args.learning_rate)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.metrics_out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.metrics_out)), exist_ok=True)
+        with open(args.metrics_out, "w") as f:
+            f.write(text + "\n")
+    return 0
+
+
+# -- evaluate ------------------------------------------------------------------------------
+def cmd_evaluate(args):
+    """Scores a ranker SavedModel on the test split through its serving signature."""
+    import numpy as np
+
+    from recsys_tf import metrics
+    from recsys_tf.backend import tf
+    from recsys_tf.export import read_model_card
+
+    card = read_model_card(args.model_dir)
+    if card.get("kind") != "ranker":
+        _say(f"error: {args.model_dir} holds a {card.get('kind')} model; evaluate takes rankers")
+        return 2
+    ds = _load_data(args)
+    fn = tf.saved_model.load(args.model_dir).signatures["serving_default"]
+    names = list(fn.structured_input_signature[1])
+    x = ds.feature_set.arrays(ds.test, names)
+    probs = []
+    for s in range(0, len(ds.test), 4096):
+        out = fn(**{n: tf.constant(v[s:s + 4096]) for n, v in x.items()})
+        probs.append(next(iter(out.values())).numpy().reshape(-1))
+    p, y = np.concatenate(probs), ds.test[ds.feature_set.label].to_numpy()
+    print(json.dumps({"model_dir": args.model_dir, "dataset": ds.name, "n_test": len(y),
+                      "auc": metrics.auc(y, p), "logloss": metrics.logloss(y, p)}, indent=2))
+    return 0
+
+
+# -- export --------------------------------------------------------------------------------
+def model_config_text(export_dir, base_path_prefix=None):
+    """A TF Serving ``ModelServerConfig`` (text proto) for every model under ``export_dir``."""
+    from recsys_tf.export import versions
+
+    lines = ["model_config_list {"]
+    for name in sorted(os.listdir(export_dir)):
+        if not versions(export_dir, name):
+            continue
+        base = os.path.join(base_path_prefix or os.path.abspath(export_dir), name)
+        lines += ["  config {", f'    name: "{name}"', f'    base_path: "{base}"',
+                  '    model_platform: "tensorflow"', "  }"]
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def cmd_export(args):
+    from recsys_tf.export import versions
+
+    if not os.path.isdir(args.export_dir):
+        _say(f"error: export dir {args.export_dir!r} does not exist; train with --export-dir first")
+        return 2
+    for name in sorted(os.listdir(args.export_dir)):
+        v = versions(args.export_dir, name)
+        if v:
+            _say(f"{name}: versions {v}")
+    text = model_config_text(args.export_dir, args.base_path_prefix)
+    if args.config_out:
+        with open(args.config_out, "w") as f:
+            f.write(text)
+        _say(f"wrote {args.config_out}")
+    else:
+        print(text, end="")
+    return 0
+
+
+# -- serve ---------------------------------------------------------------------------------
+def cmd_serve(args):
+    import logging
+
+    from recsys_tf.serving.server import ModelServer
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    server = ModelServer(model_base_path=args.model_base_path, model_name=args.model_name,
+                         model_config_file=args.model_config, host=args.host, port=args.port)
+    port = server.start()
+    _say(f"serving on {args.host}:{port}")
+    try:
+        server.wait()
+    except KeyboardInterrupt:
+        server.stop()
+    return 0
+
+
+# -- recommend -----------------------------------------------------------------------------
+def _latest_tables(export_dir, retrieval_model):
+    from recsys_tf.export import versions
+
+    v = versions(export_dir, retrieval_model)
+    if not v:
+        raise SystemExit(f"error: no exported {retrieval_model!r} under {export_dir!r}; "
+                         "run `recsys-tf train two_tower ... --export-dir` or `recsys-tf demo`")
+    return os.path.join(export_dir, retrieval_model, str(v[-1]), "assets.extra")
+
+
+def print_result(result, out=sys.stdout):
+    out.write(f"user {result.user_id}" + (f"  [degraded: {result.degraded}]" if result.degraded else "")
+              + "\n")
+    out.write(f"  {'#':>2}  {'item':<10} {'category':<10} {'retrieval':>9} {'ranking':>8} "
+              f"{'final':>8}\n")
+    for i, r in enumerate(result.items, 1):
+        rank = "-" if r.ranking_score is None else f"{r.ranking_score:8.4f}"
+        out.write(f"  {i:>2}  {str(r.item_id):<10} {str(r.category):<10} "
+                  f"{r.retrieval_score:9.4f} {rank:>8} {r.final_score:8.4f}\n")
+    t = result.timings_ms
+    out.write("  timings ms: " + ", ".join(f"{k} {v:.1f}" for k, v in t.items()) + "\n")
+
+
+def cmd_recommend(args):
+    from recsys_tf.serving.client import Recommender
+
+    tables = args.tables or _latest_tables(args.export_dir, args.retrieval_model)
+    context = json.loads(args.context) if args.context else None
+    with Recommender(args.target, tables, retrieval_model=args.retrieval_model,
+                     ranker=args.ranker, timeout=args.timeout) as rec:
+        result = rec.recommend(args.user_id, k=args.k, context=context,
+                               n_candidates=args.candidates, diversity=args.diversity)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print_result(result)
+    return 0
+
+
+# -- demo ----------------------------------------------------------------------------------
+def cmd_demo(args):
+    from recsys_tf import data
+    from recsys_tf.serving.client import Recommender
+    from recsys_tf.serving.server import ModelServer
+
+    t0 = time.perf_counter()
+    _say("[1/5] generating the synthetic data set")
+    ds = data.load("synthetic", None, seed=args.seed)
+    _say(f"      {len(ds.users):,} users, {len(ds.items):,} items, {len(ds.train):,} training "
+         f"impressions; oracle AUC on test {ds.info.get('oracle_auc_test', float('nan')):.3f}")
+    _say("[2/5] training the two-tower retriever")
+    tt, _ = train("two_tower", ds, epochs=args.epochs_retrieval, export_dir=args.export_dir)
+    _say(f"      recall@100 {tt['recall_at_100']:.3f}, top-100 accuracy "
+         f"{tt['top_100_accuracy']:.3f}; exported {tt['export_path']}")
+    _say("[3/5] training the DeepFM ranker")
+    fm, _ = train("deepfm", ds, epochs=args.epochs_ranker, export_dir=args.export_dir)
+    _say(f"      test AUC {fm['auc']:.3f} (oracle {fm.get('oracle_auc', float('nan')):.3f}), "
+         f"logloss {fm['logloss']:.4f}; exported {fm['export_path']}")
+    _say("[4/5] starting the bundled server on 127.0.0.1")
+    server = ModelServer(model_base_path=args.export_dir, host="127.0.0.1", port=args.port)
+    port = server.start()
+    _say(f"      serving {args.export_dir} on 127.0.0.1:{port}")
+    try:
+        _say("[5/5] recommending through the client (retrieve -> rank -> re-rank)")
+        tables = os.path.join(tt["export_path"], "assets.extra")
+        users = ds.test[ds.feature_set.user_id].drop_duplicates().head(args.users).tolist()
+        with Recommender(f"127.0.0.1:{port}", tables, ranker="deepfm") as rec:
+            for u in users:
+                context = ds.test[ds.test[ds.feature_set.user_id] == u].iloc[0]
+                ctx = {n: context[n] for n in ds.feature_set.with_role("context")}
+                result = rec.recommend(u, k=10, context=ctx, diversity=args.diversity)
+                print_result(result)
+    finally:
+        server.stop()
+    _say(f"demo finished in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def cmd_bench(args):
+    _say("benchmarks live in benchmarks/ (one script per measurement); none is wired into "
+         "`recsys-tf bench` in this version yet")
+    return 2
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="recsys-tf", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("data", help="load a data set and print its summary")
+    s.add_argument("data", metavar="DATASET")
+    s.add_argument("--data-dir", default=None)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(fn=cmd_data)
+
+    s = sub.add_parser("train", help="train a model, write its metrics, optionally export it")
+    s.add_argument("model", metavar="MODEL", help="one of " + ", ".join(MODEL_NAMES))
+    _add_data_args(s)
+    s.add_argument("--epochs", type=int, default=None, help="default: 3 retrieval, 2 rankers")
+    s.add_argument("--batch-size", type=int, default=None, help="default 256")
+    s.add_argument("--learning-rate", type=float, default=None,
+                   help="default: 0.1 (Adagrad) for two_tower, 1e-3 (Adam) for rankers")
+    s.add_argument("--export-dir", default=None, help="export root, e.g. saved_models")
+    s.add_argument("--metrics-out", default=None, metavar="FILE.json")
+    s.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("evaluate", help="score an exported ranker on a data set's test split")
+    s.add_argument("--model-dir", required=True, help="saved_models/NAME/VERSION")
+    _add_data_args(s)
+    s.set_defaults(fn=cmd_evaluate)
+
+    s = sub.add_parser("export", help="list exported models and write TF Serving's models.config")
+    s.add_argument("--export-dir", default="saved_models")
+    s.add_argument("--config-out", default=None, help="write the config here (default: print)")
+    s.add_argument("--base-path-prefix", default=None,
+                   help="base path as the server sees it, e.g. /models inside a container")
+    s.set_defaults(fn=cmd_export)
+
+    s = sub.add_parser("serve", help="run the bundled TF Serving-compatible gRPC server")
+    s.add_argument("--model-config", "--model_config_file", dest="model_config", default=None,
+                   help="TF Serving ModelServerConfig text file")
+    s.add_argument("--model-base-path", "--model_base_path", dest="model_base_path",
+                   default="saved_models",
+                   help="a model's version directory root, or (without --model-name) a root of "
+                   "<name>/<version>/ directories (default saved_models)")
+    s.add_argument("--model-name", "--model_name", dest="model_name", default=None)
+    s.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=8500, help="gRPC port (default 8500)")
+    s.set_defaults(fn=cmd_serve)
+
+    s = sub.add_parser("recommend", help="top-k for a user through a running server")
+    s.add_argument("--user-id", required=True)
+    s.add_argument("--k", type=int, default=10)
+    s.add_argument("--target", default="127.0.0.1:8500")
+    s.add_argument("--json", action="store_true", help="print the result as JSON")
+    s.add_argument("--ranker", default="deepfm", help="served ranker name (default deepfm)")
+    s.add_argument("--retrieval-model", default="two_tower")
+    s.add_argument("--diversity", type=float, default=0.0, help="MMR trade-off in [0, 1]")
+    s.add_argument("--candidates", type=int, default=100, help="retrieved candidates (default 100)")
+    s.add_argument("--context", default=None, help='JSON of request features, e.g. \'{"hour": "20"}\'')
+    s.add_argument("--export-dir", default="saved_models",
+                   help="where to find the item/user tables (latest retrieval export)")
+    s.add_argument("--tables", default=None, help="explicit tables directory")
+    s.add_argument("--timeout", type=float, default=2.0, help="deadline per request (s)")
+    s.set_defaults(fn=cmd_recommend)
+
+    s = sub.add_parser("demo", help="offline end to end: data, train, export, serve, recommend")
+    s.add_argument("--export-dir", default="saved_models")
+    s.add_argument("--users", type=int, default=3)
+    s.add_argument("--port", type=int, default=0, help="server port (default: a free one)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--epochs-retrieval", type=int, default=3)
+    s.add_argument("--epochs-ranker", type=int, default=2)
+    s.add_argument("--diversity", type=float, default=0.2)
+    s.set_defaults(fn=cmd_demo)
+
+    s = sub.add_parser("bench", help="benchmarks (see benchmarks/)")
+    s.set_defaults(fn=cmd_bench)
+    return p
+
+
+def main(argv=None):
+    import recsys_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+
+    args = build_parser().parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
