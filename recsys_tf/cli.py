@@ -36,14 +36,36 @@ def _add_data_args(p, required=True):
     p.add_argument("--data-dir", default=None,
                    help="directory holding the real data sets (default: $RECSYS_TF_DATA_DIR)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--data-option", action="append", metavar="KEY=VALUE",
+                   help="loader option, e.g. n_users=500 or split=time (repeatable)")
+
+
+def _parse_options(pairs, flag):
+    """``["dim=8", "dnn_units=[64,32]", "split=time"]`` -> dict (values parsed as JSON when
+    they parse, else kept as strings)."""
+    out = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"error: {flag} {pair!r}: expected KEY=VALUE")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 def _load_data(args, **options):
     from recsys_tf import data
 
+    options.update(_parse_options(getattr(args, "data_option", None), "--data-option"))
     if args.data == "synthetic":
         options.setdefault("seed", args.seed)
-    return data.load(args.data, args.data_dir, **options)
+    try:
+        return data.load(args.data, args.data_dir, **options)
+    except TypeError as e:
+        raise SystemExit(f"error: dataset {args.data!r} does not take these options "
+                         f"{sorted(options)}: {e}") from None
 
 
 def _say(msg):
@@ -117,7 +139,8 @@ def cmd_train(args):
     ds = _load_data(args)
     _say(f"training {args.model} on {ds.name}: {len(ds.train):,} training rows")
     result, _ = train(args.model, ds, epochs=args.epochs, batch_size=args.batch_size,
-                      export_dir=args.export_dir, learning_rate=args.learning_rate)
+                      export_dir=args.export_dir, learning_rate=args.learning_rate,
+                      options=_parse_options(args.model_option, "--model-option"))
     text = json.dumps(result, indent=2)
     print(text)
     if args.metrics_out:
@@ -219,15 +242,18 @@ def _latest_tables(export_dir, retrieval_model):
     return os.path.join(export_dir, retrieval_model, str(v[-1]), "assets.extra")
 
 
+def _num(x, width):
+    return f"{'-':>{width}}" if x is None else f"{x:{width}.4f}"
+
+
 def print_result(result, out=sys.stdout):
     out.write(f"user {result.user_id}" + (f"  [degraded: {result.degraded}]" if result.degraded else "")
               + "\n")
     out.write(f"  {'#':>2}  {'item':<10} {'category':<10} {'retrieval':>9} {'ranking':>8} "
               f"{'final':>8}\n")
     for i, r in enumerate(result.items, 1):
-        rank = "-" if r.ranking_score is None else f"{r.ranking_score:8.4f}"
         out.write(f"  {i:>2}  {str(r.item_id):<10} {str(r.category):<10} "
-                  f"{r.retrieval_score:9.4f} {rank:>8} {r.final_score:8.4f}\n")
+                  f"{_num(r.retrieval_score, 9)} {_num(r.ranking_score, 8)} {r.final_score:8.4f}\n")
     t = result.timings_ms
     out.write("  timings ms: " + ", ".join(f"{k} {v:.1f}" for k, v in t.items()) + "\n")
 
@@ -301,6 +327,7 @@ def build_parser():
     s.add_argument("data", metavar="DATASET")
     s.add_argument("--data-dir", default=None)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--data-option", action="append", metavar="KEY=VALUE")
     s.set_defaults(fn=cmd_data)
 
     s = sub.add_parser("train", help="train a model, write its metrics, optionally export it")
@@ -312,6 +339,8 @@ def build_parser():
                    help="default: 0.1 (Adagrad) for two_tower, 1e-3 (Adam) for rankers")
     s.add_argument("--export-dir", default=None, help="export root, e.g. saved_models")
     s.add_argument("--metrics-out", default=None, metavar="FILE.json")
+    s.add_argument("--model-option", action="append", metavar="KEY=VALUE",
+                   help="model hyper-parameter, e.g. dim=8 or dnn_units=[64,32] (repeatable)")
     s.set_defaults(fn=cmd_train)
 
     s = sub.add_parser("evaluate", help="score an exported ranker on a data set's test split")

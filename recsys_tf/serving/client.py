@@ -57,6 +57,8 @@ class ItemStore:
     def popular(self, n, exclude=()) -> list:
         raise NotImplementedError
 
+    size = 0  # number of items known, 0 if the store cannot tell
+
 
 class InMemoryItemStore(ItemStore):
     """The exported item table (``items.jsonl`` + ``item_embeddings.npy``) held in memory."""
@@ -69,6 +71,10 @@ class InMemoryItemStore(ItemStore):
         self.embeddings = embeddings
         pop = sorted(rows, key=lambda r: -r.get("popularity", 0))
         self._popular = [r[key] for r in pop]
+
+    @property
+    def size(self):
+        return len(self.rows)
 
     @classmethod
     def from_dir(cls, path, key):
@@ -268,7 +274,10 @@ class Recommender:
 
         t = time.monotonic()
         try:
-            ids, r_scores, missing = self.retrieve(user, n_candidates + len(banned), deadline)
+            n = n_candidates + len(banned)  # enough to survive the seen-item filter
+            if self.items.size:
+                n = min(n, self.items.size)     # an index holds no more items than the table
+            ids, r_scores, missing = self.retrieve(user, n, deadline)
             if missing:
                 notes.append(f"retrieval inputs not known for this user, sent as unknown: {missing}")
         except grpc.RpcError as e:
@@ -276,12 +285,16 @@ class Recommender:
                 raise
             degraded = f"retrieval failed ({e.code().name}): most popular items"
             ids = self.items.popular(n_candidates, exclude=banned)
-            r_scores = np.zeros(len(ids))
+            r_scores = None
         timings["retrieval"] = (time.monotonic() - t) * 1e3
 
-        keep = rerank.filter_mask(ids, banned)
-        ids = [i for i, kp in zip(ids, keep) if kp][:n_candidates]
-        r_scores = r_scores[keep][:n_candidates]
+        retrieved = r_scores is not None
+        if retrieved:
+            keep = rerank.filter_mask(ids, banned)
+            ids = [i for i, kp in zip(ids, keep) if kp][:n_candidates]
+            r_scores = r_scores[keep][:n_candidates]
+        else:  # popularity order stands in for retrieval scores
+            r_scores = 1.0 - np.arange(len(ids), dtype=np.float64) / max(len(ids), 1)
 
         t = time.monotonic()
         hydrated = self.items.get(ids)
@@ -301,8 +314,8 @@ class Recommender:
         timings["ranking"] = (time.monotonic() - t) * 1e3
 
         t = time.monotonic()
-        if p_scores is None:
-            final = r_scores if degraded and "ranker" in degraded else -np.arange(len(ids), dtype=float)
+        if p_scores is None:  # no ranker, or it failed: the candidates' own order
+            final = r_scores
         else:
             final = rerank.blend(r_scores, p_scores, weight=blend_weight)
         cats = hydrated.get(self.category) if self.category else None
@@ -311,11 +324,12 @@ class Recommender:
                            categories=None if vecs is not None or cats is None else np.asarray(cats, dtype=object))
         items = []
         for rank_pos, i in enumerate(order):
-            reasons = {"retrieval_rank": int(i) + 1}
+            reasons = {"retrieval_rank" if retrieved else "popularity_rank": int(i) + 1}
             if diversity:
                 reasons["mmr_position"] = rank_pos + 1
             items.append(Recommendation(
-                item_id=ids[i], final_score=float(final[i]), retrieval_score=float(r_scores[i]),
+                item_id=ids[i], final_score=float(final[i]),
+                retrieval_score=float(r_scores[i]) if retrieved else None,
                 ranking_score=None if p_scores is None else float(p_scores[i]),
                 category=None if cats is None else cats[i], reasons=reasons))
         timings["rerank"] = (time.monotonic() - t) * 1e3
