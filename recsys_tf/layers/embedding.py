@@ -37,6 +37,16 @@ from recsys_tf.backend import keras, tf
 from recsys_tf.features import Categorical, FeatureSet, Numeric, Sequence
 
 
+def normalise(f: Numeric, x):
+    """``(g(x) - mean) / std`` for a Numeric feature, ``g = log1p(max(x, 0))`` if ``f.log``;
+    NaN -> 0. Shape is kept."""
+    x = tf.cast(x, tf.float32)
+    if f.log:
+        x = tf.math.log1p(tf.maximum(x, 0.0))
+    z = (x - f.mean) / f.std
+    return tf.where(tf.math.is_nan(z), tf.zeros_like(z), z)
+
+
 def masked_mean(x, mask):
     """Mean of ``x [b, L, d]`` over positions where ``mask [b, L]`` is true (0 if none)."""
     m = tf.cast(mask, x.dtype)[..., None]
@@ -120,11 +130,7 @@ class FeatureEmbedding(keras.layers.Layer):
         for n in self.features:
             f = self.feature_set[n]
             if isinstance(f, Numeric):
-                x = tf.cast(inputs[n], tf.float32)
-                if f.log:
-                    x = tf.math.log1p(tf.maximum(x, 0.0))
-                z = (x - f.mean) / f.std
-                z = tf.where(tf.math.is_nan(z), tf.zeros_like(z), z)[:, None]
+                z = normalise(f, inputs[n])[:, None]
                 out[n] = z * self.field_vectors[n] if self.numeric == "field" else z
                 continue
             e = self.embed_ids(n, inputs[n])

@@ -43,5 +43,5 @@ class RankingModel(keras.Model):
         return {"feature_set": self.feature_set.to_dict(), "features": self.features}
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config, custom_objects=None):
         return cls(**config)

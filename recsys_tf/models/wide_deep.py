@@ -1,0 +1,197 @@
+"""Wide & Deep on TensorFlow's high-level API: ``keras.experimental.WideDeepModel``.
+
+    y = sigmoid( w_wide^T [x; phi(x)] + w_deep^T MLP([e_1; ...; e_C; z_1; ...; z_N]) + b )
+
+* Wide part: a ``keras.experimental.LinearModel`` over sparse inputs - each categorical feature
+  one-hot (its vocabulary/hash index, OOV included), each sequence multi-hot over its ids
+  (padding dropped), each numeric feature's normalised value ``z_f``, and the cross-product
+  transformations ``phi(x)``: for every declared cross ``(a, b, ...)`` the raw values are
+  crossed and hashed into ``cross_buckets`` bins (``keras.layers.HashedCrossing``), one-hot.
+* Deep part: embeddings of the categorical features (sequences mean-pooled) concatenated with
+  the numeric values, a ReLU MLP and a logit.
+
+How the high-level API is used: ``WideDeep`` *is* a ``WideDeepModel`` (and a
+:class:`~recsys_tf.models.base.RankingModel`). Its ``linear_model`` is the LinearModel above
+and its ``dnn_model`` the deep part, so ``WideDeepModel.call`` adds their logits and
+``WideDeepModel.train_step`` trains them jointly, each with its own optimizer when compiled
+with ``optimizer=[wide_optimizer, deep_optimizer]`` (see :meth:`default_optimizer`: FTRL for
+the wide part, Adam for the deep part, as in the paper). The only work done outside the two
+sub-models is turning raw values into the wide part's sparse one-/multi-hot inputs; it has no
+trainable weights (the vocabulary/hash lookups are the deep part's, shared, not duplicated), so
+every trainable variable belongs to exactly one of the two sub-models and gets its optimizer.
+
+Args:
+  feature_set: the FeatureSet (or its ``to_dict()``).
+  features: the model's inputs, all used by the deep part (default: every feature).
+  wide_features: those of ``features`` the wide part sees as single features (default: all).
+  crosses: cross-product features, tuples of two or more categorical feature names of
+    ``features``, e.g. ``[("age_bucket", "category")]`` (default none).
+  cross_buckets: hash bins of each cross (default 1000).
+  dim: embedding size of every categorical feature in the deep part (default 16; None keeps
+    each feature's declared ``dim``).
+  dnn_units: hidden sizes of the deep part (default ``(256, 128)``).
+  dropout: deep-part dropout (default 0).
+  embeddings_l2: L2 on looked-up embeddings (default 1e-6).
+  wide_learning_rate: FTRL learning rate of :meth:`default_optimizer` (default None:
+    ``min(0.2, 1 / sqrt(number of wide inputs))``, the rule of TensorFlow's canned
+    DNNLinearCombinedClassifier).
+
+Inputs: dict of raw feature tensors. Outputs: click probability ``[batch]``.
+
+Example::
+
+    model = WideDeep(ds.feature_set, crosses=[("user_id", "category")], dnn_units=(64, 32))
+    model.compile(optimizer=model.default_optimizer(1e-3), loss="binary_crossentropy")
+    model.fit(dataset, epochs=2)
+
+Reference: Cheng et al., "Wide & Deep Learning for Recommender Systems", DLRS 2016.
+"""
+import math
+
+from recsys_tf.backend import keras, tf
+from recsys_tf.features import Categorical, FeatureSet, Numeric, Sequence
+from recsys_tf.layers.embedding import FeatureEmbedding, normalise
+from recsys_tf.layers.mlp import MLP
+from recsys_tf.models.base import RankingModel
+
+
+class DeepPart(keras.Model):
+    """The deep part of Wide & Deep: ``w^T MLP([e_1; ...; e_C; z_1; ...; z_N]) + b``.
+
+    Args: as :class:`WideDeep` (``features``, ``dim``, ``dnn_units``, ``dropout``,
+    ``embeddings_l2``). Inputs: dict of raw feature tensors. Outputs: logits ``[batch, 1]``.
+    """
+
+    def __init__(self, feature_set, features, dim=16, dnn_units=(256, 128), dropout=0.0,
+                 embeddings_l2=1e-6, **kwargs):
+        super().__init__(**kwargs)
+        self.features = list(features)
+        self.dim = None if dim is None else int(dim)
+        self.dnn_units, self.dropout = list(dnn_units), float(dropout)
+        self.embeddings_l2 = float(embeddings_l2)
+        self.embedding = FeatureEmbedding(feature_set, self.features, dim=self.dim,
+                                          numeric="value", sequence="mean",
+                                          embeddings_l2=self.embeddings_l2, name="embedding")
+        self.mlp = MLP(self.dnn_units, dropout=self.dropout, name="mlp")
+        self.logit = keras.layers.Dense(1, name="logit")
+
+    def call(self, inputs, training=None):
+        e = self.embedding(inputs)
+        x = tf.concat([e[n] for n in self.features], axis=1)
+        return self.logit(self.mlp(x, training=training))
+
+    def get_config(self):
+        return {"name": self.name, "feature_set": self.embedding.feature_set.to_dict(),
+                "features": self.features, "dim": self.dim, "dnn_units": self.dnn_units,
+                "dropout": self.dropout, "embeddings_l2": self.embeddings_l2}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+class WideDeep(RankingModel, keras.experimental.WideDeepModel):
+    def __init__(self, feature_set, features=None, wide_features=None, crosses=(),
+                 cross_buckets=1000, dim=16, dnn_units=(256, 128), dropout=0.0,
+                 embeddings_l2=1e-6, wide_learning_rate=None, **kwargs):
+        fs = (feature_set if isinstance(feature_set, FeatureSet)
+              else FeatureSet.from_dict(feature_set))
+        features = list(features) if features is not None else fs.names
+        fs = fs.select(features)
+        wide_features = list(features if wide_features is None else wide_features)
+        crosses = [tuple(c) for c in crosses]
+        _check_wide(fs, features, wide_features, crosses)
+        if int(cross_buckets) < 1:
+            raise ValueError(f"WideDeep cross_buckets={cross_buckets}, expected >= 1")
+        dim = None if dim is None else int(dim)
+        deep = DeepPart(fs, features, dim=dim, dnn_units=dnn_units, dropout=dropout,
+                        embeddings_l2=embeddings_l2, name="deep")
+        wide = keras.experimental.LinearModel(units=1, name="wide")
+        # RankingModel passes linear_model/dnn_model on to WideDeepModel.__init__ (next in MRO)
+        super().__init__(fs, features, linear_model=wide, dnn_model=deep, **kwargs)
+        self.wide_features, self.crosses = wide_features, crosses
+        self.cross_buckets, self.dim = int(cross_buckets), dim
+        self.dnn_units, self.dropout = list(dnn_units), float(dropout)
+        self.embeddings_l2 = float(embeddings_l2)
+        self.wide_learning_rate = None if wide_learning_rate is None else float(wide_learning_rate)
+        self._encoders = {}
+        for n in self.wide_features:
+            f = self.feature_set[n]
+            if not isinstance(f, Numeric):
+                mode = "multi_hot" if isinstance(f, Sequence) else "one_hot"
+                self._encoders[n] = keras.layers.CategoryEncoding(
+                    num_tokens=self.feature_set.categorical_of(n).num_buckets, output_mode=mode,
+                    sparse=True, name=f"wide_{n}")
+        self._crossings = {
+            cross_name(c): keras.layers.HashedCrossing(
+                num_bins=self.cross_buckets, output_mode="one_hot", sparse=True,
+                name=f"wide_{cross_name(c)}") for c in self.crosses}
+
+    # -- the wide part's inputs -------------------------------------------------------------
+    def wide_inputs(self, inputs):
+        """Raw features -> ``{name: [batch, n]}``: sparse one-/multi-hot, or ``z`` for numerics."""
+        emb = self.dnn_model.embedding   # its vocabulary/hash lookups; no weights are used here
+        out = {}
+        for n in self.wide_features:
+            f = self.feature_set[n]
+            if isinstance(f, Numeric):
+                out[n] = normalise(f, inputs[n])[:, None]
+            elif isinstance(f, Sequence):
+                ids = tf.ragged.boolean_mask(emb.lookup(n, inputs[n]), emb.mask(inputs, n))
+                out[n] = self._encoders[n](ids)
+            else:
+                out[n] = self._encoders[n](emb.lookup(n, inputs[n]))
+        for c in self.crosses:
+            out[cross_name(c)] = self._crossings[cross_name(c)](tuple(inputs[n] for n in c))
+        return out
+
+    def logit(self, inputs, training=None):
+        # WideDeepModel.call: linear_model(wide inputs) + dnn_model(raw inputs)
+        return keras.experimental.WideDeepModel.call(
+            self, [self.wide_inputs(inputs), inputs], training=training)
+
+    def default_optimizer(self, learning_rate=1e-3):
+        """``[FTRL for the wide part, Adam(learning_rate) for the deep part]``: pass as
+        ``compile(optimizer=...)`` and ``WideDeepModel.train_step`` applies each to its part."""
+        lr = self.wide_learning_rate
+        if lr is None:
+            lr = min(0.2, 1.0 / math.sqrt(len(self.wide_features) + len(self.crosses)))
+        return [keras.optimizers.Ftrl(learning_rate=lr),
+                keras.optimizers.Adam(learning_rate=learning_rate)]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"wide_features": self.wide_features,
+                       "crosses": [list(c) for c in self.crosses],
+                       "cross_buckets": self.cross_buckets, "dim": self.dim,
+                       "dnn_units": self.dnn_units, "dropout": self.dropout,
+                       "embeddings_l2": self.embeddings_l2,
+                       "wide_learning_rate": self.wide_learning_rate})
+        return config
+
+
+def cross_name(cross) -> str:
+    """Name of a cross-product feature: its feature names joined by ``_x_``."""
+    return "_x_".join(cross)
+
+
+def _check_wide(fs, features, wide_features, crosses):
+    for n in wide_features:
+        if n not in features:
+            raise ValueError(f"WideDeep wide feature {n!r} is not one of features={features}")
+    for c in crosses:
+        if len(c) < 2:
+            raise ValueError(f"WideDeep cross {c}: a cross needs two or more features")
+        for n in c:
+            if n not in features:
+                raise ValueError(f"WideDeep cross {c}: {n!r} is not one of features={features}")
+            if not isinstance(fs[n], Categorical):
+                raise ValueError(f"WideDeep cross {c}: {n!r} is a {fs[n].kind} feature; only "
+                                 "categorical features can be crossed (declare a bucketed "
+                                 "categorical for a numeric value)")
+    names = list(wide_features) + [cross_name(c) for c in crosses]
+    if not names:
+        raise ValueError("WideDeep: the wide part has no inputs (wide_features and crosses "
+                         "are both empty)")
+    if len(set(names)) != len(names):
+        raise ValueError(f"WideDeep: duplicate wide inputs {names}")

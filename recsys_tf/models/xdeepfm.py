@@ -1,0 +1,67 @@
+"""xDeepFM: a linear term, a Compressed Interaction Network and a DNN on shared embeddings.
+
+    y = sigmoid( w_0 + sum_f w_f(x_f)                       # linear (first order)
+               + w_cin^T p^+                                # CIN: explicit, vector-wise crosses
+               + w_dnn^T MLP([e_1; ...; e_F]) )             # DNN: implicit, bit-wise crosses
+
+``p^+`` concatenates the sum-pooled feature maps of every CIN layer (see
+:class:`~recsys_tf.layers.cin.CIN`); the CIN and the DNN read the same field embeddings ``e_f``
+(size ``dim``). Numeric features become fields ``z_f * v_f``; sequences are mean-pooled.
+
+Args:
+  feature_set: the FeatureSet (or its ``to_dict()``).
+  features: feature names used as fields (default: all).
+  dim: field embedding size (default 16).
+  cin_sizes: feature maps per CIN layer (default ``(128, 128)``).
+  split_half: CIN layers but the last send half their maps to the output (default True).
+  dnn_units: hidden sizes of the DNN (default ``(256, 128)``).
+  dropout: DNN dropout (default 0).
+  embeddings_l2: L2 on looked-up embeddings (default 1e-6).
+
+Inputs: dict of raw feature tensors. Outputs: click probability ``[batch]``.
+
+Example::
+
+    model = XDeepFM(ds.feature_set, dim=8, cin_sizes=(32, 32), dnn_units=(64, 32))
+    p = model(ds.feature_set.arrays(ds.test.head(4)))
+
+Reference: Lian et al., "xDeepFM: Combining Explicit and Implicit Feature Interactions for
+Recommender Systems", KDD 2018.
+"""
+from recsys_tf.backend import keras, tf
+from recsys_tf.layers.cin import CIN
+from recsys_tf.layers.embedding import FeatureEmbedding
+from recsys_tf.layers.linear import Linear
+from recsys_tf.layers.mlp import MLP
+from recsys_tf.models.base import RankingModel
+
+
+class XDeepFM(RankingModel):
+    def __init__(self, feature_set, features=None, dim=16, cin_sizes=(128, 128), split_half=True,
+                 dnn_units=(256, 128), dropout=0.0, embeddings_l2=1e-6, **kwargs):
+        super().__init__(feature_set, features, **kwargs)
+        self.dim, self.cin_sizes, self.split_half = int(dim), list(cin_sizes), bool(split_half)
+        self.dnn_units, self.dropout = list(dnn_units), float(dropout)
+        self.embeddings_l2 = float(embeddings_l2)
+        self.embedding = FeatureEmbedding(self.feature_set, self.features, dim=self.dim,
+                                          numeric="field", sequence="mean",
+                                          embeddings_l2=self.embeddings_l2, name="fields")
+        self.linear = Linear(self.feature_set, self.features, name="linear")
+        self.cin = CIN(self.cin_sizes, split_half=self.split_half, name="cin")
+        self.cin_logit = keras.layers.Dense(1, name="cin_logit")
+        self.dnn = MLP(self.dnn_units, dropout=self.dropout, name="dnn")
+        self.dnn_logit = keras.layers.Dense(1, name="dnn_logit")
+
+    def logit(self, inputs, training=None):
+        fields = self.embedding.stack(self.embedding(inputs))            # [b, F, dim]
+        flat = tf.reshape(fields, [-1, len(self.features) * self.dim])
+        explicit = self.cin_logit(self.cin(fields))
+        implicit = self.dnn_logit(self.dnn(flat, training=training))
+        return self.linear(inputs) + explicit + implicit
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"dim": self.dim, "cin_sizes": self.cin_sizes, "split_half": self.split_half,
+                       "dnn_units": self.dnn_units, "dropout": self.dropout,
+                       "embeddings_l2": self.embeddings_l2})
+        return config
