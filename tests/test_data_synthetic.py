@@ -7,11 +7,6 @@ import pytest
 from recsys_tf.data import synthetic
 from recsys_tf.features import FeatureSet
 
-try:
-    from recsys_tf.metrics import auc as metrics_auc
-except ImportError:  # pragma: no cover - metrics module not present
-    metrics_auc = None
-
 TINY = dict(n_users=50, n_items=40, n_train=2000, n_test=500)
 FRAMES = ("train", "valid", "test", "users", "items", "retrieval_train", "retrieval_test")
 
@@ -74,21 +69,13 @@ def test_different_seeds_differ(tiny):
 def test_oracle_auc_matches_labels_and_p_click(tiny, default):
     for ds in (tiny, default[0]):
         y, p = ds.test["label"].to_numpy(), ds.test["p_click"].to_numpy()
-        assert ds.info["oracle_auc_test"] == pytest.approx(synthetic.rank_auc(y, p), abs=1e-12)
-        if metrics_auc is not None:
-            assert ds.info["oracle_auc_test"] == pytest.approx(metrics_auc(y, p), abs=1e-9)
+        assert ds.info["oracle_auc_test"] == pytest.approx(local_auc(y, p), abs=1e-9)
     y, p = tiny.test["label"].to_numpy(), tiny.test["p_click"].to_numpy()
     assert tiny.info["oracle_auc_test"] == pytest.approx(local_auc(y, p), abs=1e-9)
     eps = 1e-7
     pc = np.clip(p, eps, 1 - eps)
     ll = -np.mean(y * np.log(pc) + (1 - y) * np.log(1 - pc))
     assert tiny.info["oracle_logloss_test"] == pytest.approx(ll, rel=1e-9)
-
-
-def test_rank_auc_ties():
-    assert synthetic.rank_auc([0, 1], [0.5, 0.5]) == 0.5
-    assert synthetic.rank_auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == 0.75
-    assert np.isnan(synthetic.rank_auc([1, 1], [0.1, 0.2]))
 
 
 def test_default_oracle_and_ctr_in_band(default):

@@ -48,10 +48,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from recsys_tf import metrics
 from recsys_tf.data import Dataset
 from recsys_tf.features import Categorical, FeatureSet, Numeric, Sequence
 
-__all__ = ["load", "generate", "feature_set", "rank_auc", "logloss"]
+__all__ = ["load", "generate", "feature_set"]
 
 AGE_BUCKETS = ("18-24", "25-34", "35-44", "45-54", "55-64", "65+")
 AGE_P = (0.17, 0.30, 0.23, 0.15, 0.10, 0.05)
@@ -79,27 +80,6 @@ ZIPF_S = 0.7         # popularity ~ 1 / rank^s
 
 def _sigmoid(x):
     return 1.0 / (1.0 + np.exp(-x))
-
-
-def rank_auc(labels, scores) -> float:
-    """ROC AUC by average ranks (ties count half); NaN when one class is absent."""
-    y = np.asarray(labels).astype(bool).ravel()
-    s = np.asarray(scores, dtype=np.float64).ravel()
-    n_pos = int(y.sum())
-    n_neg = y.size - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    _, inv, counts = np.unique(s, return_inverse=True, return_counts=True)
-    upper = np.cumsum(counts)                    # 1-based rank of the last element of each tie group
-    avg_rank = upper - (counts - 1) / 2.0
-    r = avg_rank[inv]
-    return float((r[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
-def logloss(labels, probs, eps: float = 1e-7) -> float:
-    y = np.asarray(labels, dtype=np.float64).ravel()
-    p = np.clip(np.asarray(probs, dtype=np.float64).ravel(), eps, 1 - eps)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
 
 
 def _zscore(x):
@@ -380,9 +360,9 @@ def load(data_dir: str | None = None, n_users: int = 2000, n_items: int = 1000,
         "split": "by time: test = last n_test impressions overall; valid = last "
                  "valid_fraction of the n_train impressions before it; train = the rest",
         "users_as_of": "end of train+valid (just before the test period)",
-        "oracle_auc_test": rank_auc(test["label"], test["p_click"]),
-        "oracle_logloss_test": logloss(test["label"], test["p_click"]),
-        "oracle_auc_train": rank_auc(train["label"], train["p_click"]),
+        "oracle_auc_test": metrics.auc(test["label"], test["p_click"]),
+        "oracle_logloss_test": metrics.logloss(test["label"], test["p_click"]),
+        "oracle_auc_train": metrics.auc(train["label"], train["p_click"]),
         "ctr_train": float(train["label"].mean()),
         "ctr_test": float(test["label"].mean()),
         "n_users": int(n_users), "n_items": int(n_items), "n_categories": int(n_categories),
