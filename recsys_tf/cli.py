@@ -6,7 +6,8 @@
     recsys-tf evaluate --model-dir saved_models/NAME/V --data DATASET [--data-dir DIR]
     recsys-tf export [--export-dir DIR] [--config-out FILE]
     recsys-tf serve [--model-config FILE] [--model-base-path DIR] [--port P]
-    recsys-tf recommend --user-id U [--k 10] [--target host:port] [--json]
+    recsys-tf recommend --user-id U [--k 10] [--target host:port] [--ranker NAME]
+                    [--diversity 0.3] [--json] [--debug]
     recsys-tf demo
     recsys-tf bench
 
@@ -88,8 +89,15 @@ def cmd_data(args):
 
 # -- train ---------------------------------------------------------------------------------
 def train(model_name, ds, epochs=None, batch_size=None, export_dir=None, learning_rate=None,
-          verbose=None, options=None, export_name=None):
-    """Trains ``model_name`` on ``ds``, evaluates it, optionally exports; returns the metrics."""
+          verbose=None, options=None, export_name=None, scann=True, scann_recall=0.95,
+          scann_index_k=None):
+    """Trains ``model_name`` on ``ds``, evaluates it, optionally exports; returns the metrics.
+
+    ``two_tower`` exports twice: ``<export_dir>/two_tower`` (brute force, stock ops) and, when
+    ``scann`` and ScaNN is installed, ``<export_dir>/two_tower_scann`` (a ScaNN index tuned to
+    ``scann_recall`` recall@10 against exact search; requests may ask for up to
+    ``scann_index_k`` items, default ``min(n_items, 1000)``).
+    """
     from recsys_tf import export, models, training
 
     options = dict(options or {})
@@ -118,11 +126,31 @@ def train(model_name, ds, epochs=None, batch_size=None, export_dir=None, learnin
         name = export_name or model_name
         if model_name == "two_tower":
             path = export.export_retrieval(model, ds, export_dir, name=name, card=card)
+            if scann:
+                _export_scann(model, ds, export_dir, f"{name}_scann", card, result,
+                              scann_recall, scann_index_k)
         else:
             sample = fs.arrays(ds.test.head(3), model.features)
             path = export.export_ranker(model, export_dir, name, card=card, warmup_inputs=sample)
         result["export_path"] = path
     return result, model
+
+
+def _export_scann(model, ds, export_dir, name, card, result, target_recall, index_k):
+    """The ScaNN flavour of a two-tower export; skipped with a note when ScaNN is missing."""
+    from recsys_tf import export, scann_index
+
+    if not scann_index.available():
+        _say(f"note: {name} not exported: {scann_index.INSTALL_HINT}")
+        result["scann_export_path"] = None
+        return
+    path = export.export_scann_retrieval(model, ds, export_dir, name=name, card=card,
+                                         target_recall=target_recall, index_k=index_k)
+    info = export.read_model_card(path)["scann"]
+    result["scann_export_path"] = path
+    result["scann_recall_at_10"] = float(info[f"recall_at_{info['k']}"])
+    result["scann_settings"] = {k: info["settings"][k] for k in
+                                ("num_leaves", "leaves_to_search", "dims_per_block", "reorder")}
 
 
 def cmd_train(args):
@@ -140,7 +168,9 @@ def cmd_train(args):
     _say(f"training {args.model} on {ds.name}: {len(ds.train):,} training rows")
     result, _ = train(args.model, ds, epochs=args.epochs, batch_size=args.batch_size,
                       export_dir=args.export_dir, learning_rate=args.learning_rate,
-                      options=_parse_options(args.model_option, "--model-option"))
+                      options=_parse_options(args.model_option, "--model-option"),
+                      scann=not args.no_scann, scann_recall=args.scann_recall,
+                      scann_index_k=args.scann_index_k)
     text = json.dumps(result, indent=2)
     print(text)
     if args.metrics_out:
@@ -215,20 +245,10 @@ def cmd_export(args):
 
 # -- serve ---------------------------------------------------------------------------------
 def cmd_serve(args):
-    import logging
+    """The bundled TF Serving-compatible server; flags in ``recsys_tf/serving/flags.py``."""
+    from recsys_tf.serving.server import run_server
 
-    from recsys_tf.serving.server import ModelServer
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    server = ModelServer(model_base_path=args.model_base_path, model_name=args.model_name,
-                         model_config_file=args.model_config, host=args.host, port=args.port)
-    port = server.start()
-    _say(f"serving on {args.host}:{port}")
-    try:
-        server.wait()
-    except KeyboardInterrupt:
-        server.stop()
-    return 0
+    return run_server(args, default_model_base_path="saved_models", say=_say)
 
 
 # -- recommend -----------------------------------------------------------------------------
@@ -246,27 +266,69 @@ def _num(x, width):
     return f"{'-':>{width}}" if x is None else f"{x:{width}.4f}"
 
 
-def print_result(result, out=sys.stdout):
-    out.write(f"user {result.user_id}" + (f"  [degraded: {result.degraded}]" if result.degraded else "")
-              + "\n")
+def _reasons_text(reasons):
+    """A compact line of the reasons behind an item's place."""
+    parts = []
+    if "retrieval_rank" in reasons:
+        parts.append(f"retrieved #{reasons['retrieval_rank']}")
+    if "popularity_rank" in reasons:
+        parts.append(f"popular #{reasons['popularity_rank']}")
+    if "calibrated_score" in reasons:
+        parts.append(f"calibrated {reasons['calibrated_score']:.3f}")
+    if "blended_score" in reasons:
+        parts.append(f"blended {reasons['blended_score']:.3f}")
+    for name, delta in (reasons.get("boosts") or {}).items():
+        parts.append(f"{name} {delta:+.3f}")
+    if "freshness_boost" in reasons:
+        parts.append(f"fresh {reasons['freshness_boost']:+.3f}")
+    if "relevance_rank" in reasons:
+        parts.append(f"relevance #{reasons['relevance_rank']}")
+    if reasons.get("mmr_penalty"):
+        parts.append(f"mmr -{reasons['mmr_penalty']:.3f}")
+    if reasons.get("explored"):
+        parts.append("explored")
+    return ", ".join(parts)
+
+
+def print_result(result, out=None):
+    out = out or sys.stdout
+    degraded = f"  [degraded: {result.degraded}]" if result.degraded else ""
+    out.write(f"user {result.user_id}{degraded}\n")
     out.write(f"  {'#':>2}  {'item':<10} {'category':<10} {'retrieval':>9} {'ranking':>8} "
-              f"{'final':>8}\n")
+              f"{'final':>8}  reasons\n")
     for i, r in enumerate(result.items, 1):
         out.write(f"  {i:>2}  {str(r.item_id):<10} {str(r.category):<10} "
-                  f"{_num(r.retrieval_score, 9)} {_num(r.ranking_score, 8)} {r.final_score:8.4f}\n")
+                  f"{_num(r.retrieval_score, 9)} {_num(r.ranking_score, 8)} {r.final_score:8.4f}"
+                  f"  {_reasons_text(r.reasons or {})}\n")
+    for note in getattr(result, "notes", None) or ():
+        out.write(f"  note: {note}\n")
     t = result.timings_ms
     out.write("  timings ms: " + ", ".join(f"{k} {v:.1f}" for k, v in t.items()) + "\n")
 
 
 def cmd_recommend(args):
-    from recsys_tf.serving.client import Recommender
+    import logging
 
+    from recsys_tf.serving.client import Recommender, Rules
+
+    if args.debug:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                            format="%(asctime)s %(name)s %(message)s")
     tables = args.tables or _latest_tables(args.export_dir, args.retrieval_model)
     context = json.loads(args.context) if args.context else None
+    rules = Rules(exclude=tuple(args.exclude or ()), category_cap=args.category_cap,
+                  freshness_column=args.freshness_column if args.freshness_strength else None,
+                  freshness_half_life=args.freshness_half_life,
+                  freshness_strength=args.freshness_strength)
     with Recommender(args.target, tables, retrieval_model=args.retrieval_model,
-                     ranker=args.ranker, timeout=args.timeout) as rec:
+                     ranker=args.ranker or None, ranker_version=args.ranker_version,
+                     ranker_label=args.ranker_label, ranker_target=args.ranker_target,
+                     timeout=args.timeout, max_attempts=args.attempts, rules=rules,
+                     debug=args.debug) as rec:
         result = rec.recommend(args.user_id, k=args.k, context=context,
-                               n_candidates=args.candidates, diversity=args.diversity)
+                               n_candidates=args.candidates, diversity=args.diversity,
+                               blend_weight=args.blend_weight, explore=args.explore,
+                               seed=args.seed, filter_seen=not args.include_seen)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
@@ -341,6 +403,14 @@ def build_parser():
     s.add_argument("--metrics-out", default=None, metavar="FILE.json")
     s.add_argument("--model-option", action="append", metavar="KEY=VALUE",
                    help="model hyper-parameter, e.g. dim=8 or dnn_units=[64,32] (repeatable)")
+    s.add_argument("--scann-recall", type=float, default=0.95,
+                   help="two_tower: recall@10 vs exact search the ScaNN export is tuned to "
+                   "(default 0.95)")
+    s.add_argument("--scann-index-k", type=int, default=None,
+                   help="two_tower: largest k a request to the ScaNN export may ask for "
+                   "(default min(n_items, 1000))")
+    s.add_argument("--no-scann", action="store_true",
+                   help="two_tower: skip the ScaNN export (two_tower_scann)")
     s.set_defaults(fn=cmd_train)
 
     s = sub.add_parser("evaluate", help="score an exported ranker on a data set's test split")
@@ -355,16 +425,15 @@ def build_parser():
                    help="base path as the server sees it, e.g. /models inside a container")
     s.set_defaults(fn=cmd_export)
 
-    s = sub.add_parser("serve", help="run the bundled TF Serving-compatible gRPC server")
-    s.add_argument("--model-config", "--model_config_file", dest="model_config", default=None,
-                   help="TF Serving ModelServerConfig text file")
-    s.add_argument("--model-base-path", "--model_base_path", dest="model_base_path",
-                   default="saved_models",
-                   help="a model's version directory root, or (without --model-name) a root of "
-                   "<name>/<version>/ directories (default saved_models)")
-    s.add_argument("--model-name", "--model_name", dest="model_name", default=None)
-    s.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    s.add_argument("--port", type=int, default=8500, help="gRPC port (default 8500)")
+    from recsys_tf.serving.flags import add_server_arguments
+
+    s = sub.add_parser(
+        "serve", help="run the bundled TF Serving-compatible server (gRPC, REST, metrics)",
+        description="Serve SavedModel version folders with TF Serving's gRPC API "
+        "(PredictionService, ModelService), its REST API (--rest_api_port) and Prometheus "
+        "metrics. Flags take TF Serving's names where they mean the same; each also answers "
+        "to its dashed spelling. Binds 127.0.0.1 unless --host says otherwise.")
+    add_server_arguments(s, default_model_base_path="saved_models")
     s.set_defaults(fn=cmd_serve)
 
     s = sub.add_parser("recommend", help="top-k for a user through a running server")
@@ -372,15 +441,40 @@ def build_parser():
     s.add_argument("--k", type=int, default=10)
     s.add_argument("--target", default="127.0.0.1:8500")
     s.add_argument("--json", action="store_true", help="print the result as JSON")
-    s.add_argument("--ranker", default="deepfm", help="served ranker name (default deepfm)")
+    s.add_argument("--ranker", default="deepfm",
+                   help='served ranker name (default deepfm; "" skips ranking)')
     s.add_argument("--retrieval-model", default="two_tower")
     s.add_argument("--diversity", type=float, default=0.0, help="MMR trade-off in [0, 1]")
     s.add_argument("--candidates", type=int, default=100, help="retrieved candidates (default 100)")
-    s.add_argument("--context", default=None, help='JSON of request features, e.g. \'{"hour": "20"}\'')
+    s.add_argument("--context", default=None,
+                   help='JSON of request features, e.g. \'{"hour": "20"}\'')
     s.add_argument("--export-dir", default="saved_models",
                    help="where to find the item/user tables (latest retrieval export)")
     s.add_argument("--tables", default=None, help="explicit tables directory")
     s.add_argument("--timeout", type=float, default=2.0, help="deadline per request (s)")
+    s.add_argument("--ranker-version", type=int, default=None, help="pin a ranker version")
+    s.add_argument("--ranker-label", default=None, help="pin a ranker version label (canary)")
+    s.add_argument("--ranker-target", default=None,
+                   help="host:port of the ranker when it is served elsewhere")
+    s.add_argument("--blend-weight", type=float, default=0.0,
+                   help="share of the retrieval score in the final score (default 0)")
+    s.add_argument("--exclude", action="append", metavar="ITEM",
+                   help="item id never to return (repeatable)")
+    s.add_argument("--include-seen", action="store_true",
+                   help="keep items the user has interacted with")
+    s.add_argument("--category-cap", type=int, default=None,
+                   help="at most N items per category")
+    s.add_argument("--freshness-strength", type=float, default=0.0,
+                   help="recency boost: x(1 + S * 0.5 ** (age / half-life)) (default 0: off)")
+    s.add_argument("--freshness-half-life", type=float, default=30.0)
+    s.add_argument("--freshness-column", default="freshness",
+                   help="item-table column holding the item's age (default freshness)")
+    s.add_argument("--explore", type=float, default=0.0, metavar="T",
+                   help="softmax-sampling temperature for exploration (default 0: off)")
+    s.add_argument("--seed", type=int, default=None, help="seed of the exploration")
+    s.add_argument("--attempts", type=int, default=3,
+                   help="calls per stage at most; retried only on UNAVAILABLE (default 3)")
+    s.add_argument("--debug", action="store_true", help="log every request to stderr")
     s.set_defaults(fn=cmd_recommend)
 
     s = sub.add_parser("demo", help="offline end to end: data, train, export, serve, recommend")

@@ -13,7 +13,9 @@ Layout, exactly as TensorFlow Serving expects::
 Versions are integers; a new export takes the next one. Rankers export ``serving_default``:
 raw features (input names = FeatureSet names) -> ``probability``. Retrieval models export
 ``serving_default``: query features + ``k`` -> ``item_ids``, ``scores`` (brute force, stock ops
-only) and ``query_embedding``: query features -> ``embedding``.
+only) and ``query_embedding``: query features -> ``embedding``; the ScaNN flavour
+(:func:`export_scann_retrieval`, ``<export_root>/two_tower_scann/<version>``) has the same
+signatures, searches a ScaNN index saved inside the SavedModel, and needs ScaNN's ops to load.
 """
 from __future__ import annotations
 
@@ -158,13 +160,41 @@ def _ranker_extras(model, path, name, version, fns, card, warmup_inputs):
         write_warmup(path, name, warmup_inputs)
 
 
+def _check_k(k, limit, what):
+    """``k`` as int32 after asserting ``1 <= k <= limit`` (InvalidArgumentError otherwise)."""
+    k = tf.cast(k, tf.int32)
+    with tf.control_dependencies([
+            tf.debugging.assert_positive(k, message="k must be >= 1"),
+            tf.debugging.assert_less_equal(k, tf.cast(limit, tf.int32),
+                                           message=f"k exceeds {what}")]):
+        return tf.identity(k)
+
+
 class RetrievalIndex(tf.Module):
     """Query tower + an exact (brute-force) index over the item embeddings.
 
-    ``serving_default(query features..., k)``: ``scores = q C^T``, ``top_k(scores, k)`` ->
-    ``item_ids [batch, k]``, ``scores [batch, k]``; ``k`` must be in ``[1, n_items]``
-    (InvalidArgumentError otherwise). Stock TensorFlow ops only, so stock TF Serving loads it.
+    ``serving_default(query features..., k)``: ``q = query_tower(x)``, ``scores = q C^T``,
+    ``top_k(scores, k)`` -> ``item_ids [batch, k]``, ``scores [batch, k]``; ``k`` must be in
+    ``[1, n_items]`` (InvalidArgumentError "k exceeds the number of items in the index"
+    otherwise). ``query_embedding(query features...)`` -> ``embedding [batch, dim]``. Stock
+    TensorFlow ops only, so stock TF Serving loads it. Unknown ids fall into the towers' OOV
+    rows and an empty (all-padding) history embeds as zeros, so every request gets a top-k.
+
+    Args:
+      query_tower: the trained query tower (a Keras layer taking the query features dict).
+      query_signature: ``{name: tf.TensorSpec}`` of the query features.
+      item_ids: ``[n]`` raw item ids, in the order of ``item_embeddings``.
+      item_embeddings: ``[n, dim]`` candidate-tower embeddings.
+
+    Example::
+
+        index = RetrievalIndex(model.query_tower, model.query_signature(), ids, emb)
+        tf.saved_model.save(index, path, signatures=index.signatures())
+
+    Reference: TensorFlow Recommenders' ``BruteForce`` top-k layer (the same computation).
     """
+
+    kind = "brute_force"
 
     def __init__(self, query_tower, query_signature, item_ids, item_embeddings):
         super().__init__()
@@ -180,12 +210,8 @@ class RetrievalIndex(tf.Module):
     def search(self, inputs, k):
         q = self.embed(inputs)
         n = tf.shape(self.item_embeddings, out_type=tf.int32)[0]
-        k = tf.cast(k, tf.int32)
-        with tf.control_dependencies([
-                tf.debugging.assert_positive(k, message="k must be >= 1"),
-                tf.debugging.assert_less_equal(k, n, message="k exceeds the number of items "
-                                               "in the index")]):
-            scores, idx = tf.math.top_k(tf.matmul(q, self.item_embeddings, transpose_b=True), k=k)
+        k = _check_k(k, n, "the number of items in the index")
+        scores, idx = tf.math.top_k(tf.matmul(q, self.item_embeddings, transpose_b=True), k=k)
         return {"item_ids": tf.gather(self.item_ids, idx), "scores": scores}
 
     def signatures(self):
@@ -197,12 +223,165 @@ class RetrievalIndex(tf.Module):
                 QUERY_SIGNATURE: embed.get_concrete_function(**spec)}
 
 
+class ScannRetrievalIndex(RetrievalIndex):
+    """Query tower + a ScaNN index (ScaNN's TF ops) inside the SavedModel.
+
+    Same signatures as :class:`RetrievalIndex`. A request's ``k`` must be in
+    ``[1, index_k]`` (InvalidArgumentError "k exceeds the index k" otherwise). Per request:
+
+        q = query_tower(x)
+        r = max(reorder, ceil(reorder / tuned_k * k))             (pre-reorder candidates)
+        ids, scores = ScaNN(q; leaves_to_search, r, k)           (AH scoring, exact reorder)
+
+    and when ScaNN cannot fill ``k`` results (the searched leaves hold fewer items) the
+    request is searched again over all leaves, so the answer always has ``k`` items. With
+    reordering the returned scores are exact inner products.
+
+    Loading it needs ScaNN's ops registered (``import scann`` before
+    ``tf.saved_model.load``; the bundled server does this); it must be saved with
+    ``tf.saved_model.SaveOptions(namespace_whitelist=["Scann"])``.
+
+    Args:
+      query_tower, query_signature, item_ids: as :class:`RetrievalIndex`.
+      searcher: a ScaNN TF-ops searcher built over the item embeddings
+        (:func:`recsys_tf.scann_index.build` with ``backend="tf"``).
+      settings: the :class:`~recsys_tf.scann_index.ScannSettings` searched with.
+      index_k: the largest k a request may ask for (at most the number of items).
+
+    Example::
+
+        res = scann_index.tune_and_build(emb, q_emb, k=10, target_recall=0.95, backend="tf")
+        index = ScannRetrievalIndex(model.query_tower, model.query_signature(), ids,
+                                    res.searcher, res.settings, index_k=100)
+
+    Reference: Guo et al., ICML 2020 (ScaNN); TensorFlow Recommenders' ``ScaNN`` layer.
+    """
+
+    kind = "scann"
+
+    def __init__(self, query_tower, query_signature, item_ids, searcher, settings, index_k):
+        tf.Module.__init__(self)
+        from recsys_tf.scann_index import require_scann
+
+        require_scann()
+        n = int(np.shape(item_ids)[0])
+        if not 1 <= int(index_k) <= n:
+            raise ValueError(f"index_k={index_k} must be in [1, {n}] (the number of items)")
+        self.query_tower = query_tower
+        self.query_spec = query_signature
+        self.item_ids = tf.Variable(item_ids, trainable=False, name="item_ids")
+        self.scann = searcher.serialize_to_module()
+        self.settings = settings
+        self.index_k = int(index_k)
+
+    def search(self, inputs, k):
+        from scann.scann_ops.py import scann_ops
+
+        s = self.settings
+        q = self.embed(inputs)
+        k = _check_k(k, self.index_k, f"the index k ({self.index_k}); export the ScaNN "
+                     "index with a larger index_k")
+        if s.dims_per_block and s.reorder:
+            scaled = tf.cast(tf.math.ceil(s.reorder / max(s.tuned_k, 1)
+                                          * tf.cast(k, tf.float32)), tf.int32)
+            pre = tf.maximum(tf.constant(int(s.reorder), tf.int32), scaled)
+        else:
+            pre = tf.constant(-1, tf.int32)
+        searcher = scann_ops.ScannSearcher(self.scann.recreate_handle())
+
+        def run(leaves):
+            r = searcher.search_batched_parallel(q, final_num_neighbors=k,
+                                                 pre_reorder_num_neighbors=pre,
+                                                 leaves_to_search=tf.constant(leaves, tf.int32))
+            return r.indices, r.distances
+
+        idx, dist = run(s.leaves())
+        if s.num_leaves:  # a partial search may come back short: search all leaves then
+            short = tf.logical_or(tf.shape(idx)[1] < k,
+                                  tf.reduce_any(tf.math.is_nan(dist[:, :k])))
+            idx, dist = tf.cond(short, lambda: run(int(s.num_leaves)), lambda: (idx, dist))
+        idx = tf.ensure_shape(idx[:, :k], [None, None])
+        dist = tf.ensure_shape(dist[:, :k], [None, None])
+        return {"item_ids": tf.gather(self.item_ids, idx), "scores": dist}
+
+
+def _query_sample(model, ds, n=2000, seed=0):
+    """Query-tower embeddings of up to ``n`` held-out interactions (``retrieval_test``; the
+    training interactions when there is no test split)."""
+    from recsys_tf.training import query_embeddings
+
+    frame = ds.retrieval_test if len(ds.retrieval_test) else ds.retrieval_train
+    if len(frame) > n:
+        frame = frame.sample(n, random_state=seed)
+    return query_embeddings(model, ds.feature_set, frame)
+
+
+def export_scann_retrieval(model, ds, export_root, name="two_tower_scann", card=None,
+                           version=None, item_embeddings=None, target_recall=0.95,
+                           recall_k=10, index_k=None, settings=None, queries=None, seed=0):
+    """Writes a two-tower model's ScaNN retrieval SavedModel plus the client's tables.
+
+    The index is tuned automatically (:func:`recsys_tf.scann_index.tune_and_build`):
+    ``leaves_to_search`` and the reorder size are chosen so that recall@``recall_k`` against
+    exact search reaches ``target_recall`` on a sample of held-out queries (query-tower
+    embeddings of ``ds.retrieval_test``), and the recall measured on the other half of the
+    sample goes into the model card (``scann``), beside the chosen settings. ``assets.extra``
+    holds the same item and user tables as :func:`export_retrieval`, so the client can use
+    either export.
+
+    Args:
+      model: a trained :class:`~recsys_tf.models.two_tower.TwoTower`.
+      ds: the Dataset it was trained on (items, users, held-out interactions).
+      export_root: e.g. ``saved_models``; writes ``<export_root>/<name>/<version>``.
+      target_recall: requested recall@``recall_k`` against exact search.
+      index_k: the largest k a request may ask for (default ``min(n_items, 1000)``).
+      settings: partitioning/quantisation to build (default by corpus size).
+      queries: query embeddings to tune on instead of the held-out sample.
+
+    Returns:
+      The export path. Raises ImportError (with install instructions) without ScaNN.
+
+    Example::
+
+        path = export_scann_retrieval(model, ds, "saved_models", target_recall=0.95)
+    """
+    from recsys_tf import scann_index
+    from recsys_tf.training import item_embeddings as embed_items
+
+    scann_index.require_scann()
+    path, version = _target(export_root, name, version)
+    fs = ds.feature_set
+    emb = embed_items(model, fs, ds.items) if item_embeddings is None else item_embeddings
+    emb = np.asarray(emb, np.float32)
+    ids = fs.arrays(ds.items, [fs.item_id])[fs.item_id]
+    index_k = int(min(len(ids), 1000) if index_k is None else index_k)
+    q = _query_sample(model, ds, seed=seed) if queries is None else np.asarray(queries, np.float32)
+    tuned = scann_index.tune_and_build(emb, q, k=min(recall_k, len(ids)),
+                                       target_recall=target_recall, settings=settings,
+                                       backend="tf", seed=seed)
+    index = ScannRetrievalIndex(model.query_tower, model.query_signature(), ids,
+                                tuned.searcher, tuned.settings, index_k)
+    fns = index.signatures()
+    index_card = {"index": "scann", "index_k": index_k,
+                  "scann": {**tuned.summary(), "queries": "query-tower embeddings of held-out "
+                            "interactions (retrieval_test), half for tuning, half for the "
+                            "reported recall" if queries is None else "given"}}
+    final = path
+    with _staged(final) as path:
+        tf.saved_model.save(index, path, signatures=fns,
+                            options=tf.saved_model.SaveOptions(namespace_whitelist=["Scann"]))
+        _retrieval_extras(model, ds, path, name, version, fns, emb, ids,
+                          {**index_card, **(card or {})}, max_k=index_k)
+    return final
+
+
 def export_retrieval(model, ds, export_root, name="two_tower", card=None, version=None,
                      item_embeddings=None):
     """Writes a two-tower model's brute-force retrieval SavedModel plus the client's tables.
 
     ``assets.extra/items.jsonl`` (item features and ``popularity``, the count of training
-    interactions, one JSON object a line, in the order of ``item_embeddings.npy``) and ``users.jsonl`` (user features, latest histories, ``seen``).
+    interactions, one JSON object a line, in the order of ``item_embeddings.npy``) and
+    ``users.jsonl`` (user features, latest histories, ``seen``).
     """
     from recsys_tf.training import item_embeddings as embed_items
 
@@ -215,11 +394,12 @@ def export_retrieval(model, ds, export_root, name="two_tower", card=None, versio
     final = path
     with _staged(final) as path:
         tf.saved_model.save(index, path, signatures=fns)
-        _retrieval_extras(model, ds, path, name, version, fns, emb, ids, card)
+        _retrieval_extras(model, ds, path, name, version, fns, emb, ids,
+                          {"index": "brute_force", "index_k": int(len(ids)), **(card or {})})
     return final
 
 
-def _retrieval_extras(model, ds, path, name, version, fns, emb, ids, card):
+def _retrieval_extras(model, ds, path, name, version, fns, emb, ids, card, max_k=None):
     fs = ds.feature_set
     extra = os.path.join(path, "assets.extra")
     os.makedirs(extra, exist_ok=True)
@@ -239,7 +419,7 @@ def _retrieval_extras(model, ds, path, name, version, fns, emb, ids, card):
     write_model_card(path, full)
     sample = fs.arrays(ds.retrieval_test.head(3) if len(ds.retrieval_test) else ds.train.head(3),
                        model.query_features)
-    sample["k"] = np.int32(min(10, len(ids)))
+    sample["k"] = np.int32(min(10, len(ids), max_k or len(ids)))
     write_warmup(path, name, sample)
 
 

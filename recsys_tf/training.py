@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
+import weakref
 
 import numpy as np
 
@@ -15,19 +16,133 @@ from recsys_tf import metrics as M
 from recsys_tf.backend import keras, tf
 
 
+class LazyAdam(keras.optimizers.Adam):
+    """Adam whose update of an embedding table touches only the rows a batch looked up.
+
+    For a dense gradient it is exactly ``keras.optimizers.Adam``. For a sparse one (the
+    ``tf.IndexedSlices`` of a ``tf.gather`` from a table) only the looked-up rows get the
+    Adam step - ``m_i <- b1 m_i + (1 - b1) g_i``, ``v_i <- b2 v_i + (1 - b2) g_i^2``,
+    ``w_i <- w_i - alpha m_i / (sqrt(v_i) + eps)`` with the usual bias-corrected ``alpha`` -
+    and rows not in the batch keep their weights and moments, as in TF-Addons' ``LazyAdam``
+    and PyTorch's ``SparseAdam``. Keras' Adam instead decays every row's moments and moves
+    every row on every step, which costs a pass over the whole table per step (the dominant
+    cost for large vocabularies) and keeps moving rows the batch never saw.
+    """
+
+    def __init__(self, learning_rate=1e-3, name="LazyAdam", **kwargs):
+        if kwargs.get("amsgrad"):
+            raise ValueError("LazyAdam does not support amsgrad")
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+
+    def update_step(self, gradient, variable):
+        if not isinstance(gradient, tf.IndexedSlices):
+            return super().update_step(gradient, variable)
+        dtype = variable.dtype
+        lr = tf.cast(self.learning_rate, dtype)
+        step = tf.cast(self.iterations + 1, dtype)
+        b1, b2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
+        alpha = lr * tf.sqrt(1 - tf.pow(b2, step)) / (1 - tf.pow(b1, step))
+        eps = self.epsilon
+        if getattr(self, "adaptive_epsilon", False):
+            eps = self.epsilon * tf.sqrt(1 - tf.pow(b2, step))
+        key = self._index_dict[self._var_key(variable)]
+        m, v = self._momentums[key], self._velocities[key]
+        idx, g = gradient.indices, gradient.values          # unique: deduplicated upstream
+        m_t = b1 * tf.gather(m, idx) + (1 - b1) * g
+        v_t = b2 * tf.gather(v, idx) + (1 - b2) * tf.square(g)
+        m.scatter_update(tf.IndexedSlices(m_t, idx))
+        v.scatter_update(tf.IndexedSlices(v_t, idx))
+        variable.scatter_sub(tf.IndexedSlices(alpha * m_t / (tf.sqrt(v_t) + eps), idx))
+
+
+def _is_split(frame):
+    """A lazily read split (e.g. :class:`recsys_tf.data.criteo.CriteoSplit`), not a DataFrame."""
+    return hasattr(frame, "tf_dataset")
+
+
+def _batches(tensors, n, batch_size, shuffle, seed):
+    """Batches of ``tensors`` (a structure of ``[n, ...]`` tensors) gathered by index: one
+    shuffle of ``n`` indices per epoch and one gather per batch, no per-row pipeline work."""
+    idx = tf.data.Dataset.range(n)
+    if shuffle:
+        idx = idx.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    idx = idx.batch(batch_size)
+    return idx.map(lambda i: tf.nest.map_structure(lambda t: tf.gather(t, i), tensors),
+                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
 def make_dataset(feature_set, frame, features, batch_size=256, label=None, shuffle=False,
                  seed=0):
-    """A batched ``tf.data.Dataset`` of ``(features dict[, label])`` from a DataFrame."""
+    """A batched ``tf.data.Dataset`` of ``(features dict[, label])`` from a DataFrame.
+
+    The columns become in-memory tensors once; batches are gathered by (shuffled) index.
+    ``frame`` may also be a lazily read split with a ``tf_dataset`` method (the streaming
+    Criteo path), which parses its file with ``tf.data`` instead."""
+    if _is_split(frame):
+        return frame.tf_dataset(features, batch_size=batch_size, label=label is not None,
+                                shuffle=shuffle, seed=seed)
     x = feature_set.arrays(frame, features)
     tensors = {k: tf.constant(v) for k, v in x.items()}
     if label is not None:
-        y = tf.constant(frame[label].to_numpy(dtype=np.float32))
-        data = tf.data.Dataset.from_tensor_slices((tensors, y))
-    else:
-        data = tf.data.Dataset.from_tensor_slices(tensors)
-    if shuffle:
-        data = data.shuffle(min(len(frame), 100_000), seed=seed, reshuffle_each_iteration=True)
-    return data.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        tensors = (tensors, tf.constant(frame[label].to_numpy(dtype=np.float32)))
+    return _batches(tensors, len(frame), batch_size, shuffle, seed).prefetch(tf.data.AUTOTUNE)
+
+
+def encoded_dataset(model, feature_set, frame, batch_size=256, label=None, shuffle=False,
+                    seed=0, chunk=1 << 16):
+    """Like :func:`make_dataset`, but yields ``model.encode_inputs`` of the rows: the lookups
+    run once over the whole frame (in chunks) before training, or in the tf.data pipeline for
+    a lazily read split, so training steps hold no string/hash lookups."""
+    encode = tf.function(model.encode_inputs, reduce_retracing=True)
+    if _is_split(frame):
+        data = frame.tf_dataset(model.features, batch_size=batch_size,
+                                label=label is not None, shuffle=shuffle, seed=seed)
+        if label is not None:
+            return data.map(lambda x, y: (encode(x), y), num_parallel_calls=tf.data.AUTOTUNE)
+        return data.map(encode, num_parallel_calls=tf.data.AUTOTUNE)
+    x = feature_set.arrays(frame, model.features)
+    n = len(frame)
+    parts = [encode({k: tf.constant(v[s:s + chunk]) for k, v in x.items()})
+             for s in range(0, n, chunk)] or [encode({k: tf.constant(v) for k, v in x.items()})]
+    tensors = {k: tf.concat([p[k] for p in parts], axis=0) for k in parts[0]}
+    if label is not None:
+        tensors = (tensors, tf.constant(frame[label].to_numpy(dtype=np.float32)))
+    return _batches(tensors, n, batch_size, shuffle, seed).prefetch(tf.data.AUTOTUNE)
+
+
+class ValidationMetrics(keras.callbacks.Callback):
+    """At the end of every epoch: the exact AUC and logloss of the model on a validation
+    set, written to the epoch's logs as ``val_auc`` / ``val_loss`` (so ``EarlyStopping`` and
+    ``History`` see them). One prediction pass, no per-step metric in the training step.
+
+    Args:
+      data: batched ``tf.data`` of features (raw or encoded), in the order of ``labels``.
+      labels: the validation labels.
+    """
+
+    def __init__(self, data, labels):
+        super().__init__()
+        self.data, self.labels = data, np.asarray(labels, dtype=np.float64)
+
+    def on_epoch_end(self, epoch, logs=None):
+        p = predict_batches(self.model, self.data)
+        if logs is not None:
+            logs["val_auc"] = M.auc(self.labels, p)
+            logs["val_loss"] = M.logloss(self.labels, p)
+
+
+_PREDICT_FNS = weakref.WeakKeyDictionary()
+
+
+def predict_batches(model, data):
+    """Probabilities of a model over a batched dataset of features (numpy ``[n]``), through
+    one compiled function per model (reused across calls)."""
+    fn = _PREDICT_FNS.get(model)
+    if fn is None:
+        fn = _PREDICT_FNS[model] = tf.function(lambda x: model(x, training=False),
+                                               reduce_retracing=True)
+    out = [fn(b[0] if isinstance(b, tuple) else b).numpy().reshape(-1) for b in data]
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
 def _verbose(verbose):
@@ -36,44 +151,94 @@ def _verbose(verbose):
     return verbose
 
 
-def train_ranker(model, ds, epochs=2, batch_size=256, learning_rate=1e-3, verbose=None,
-                 patience=1, strategy=None, seed=0):
-    """Fits a ranker on ``ds.train`` (early stopping on ``ds.valid`` when there is one).
+def _n_rows(frame):
+    return 0 if frame is None else len(frame)
 
-    Returns a dict with ``train_seconds``, ``train_examples_per_sec``, ``epochs_run`` and the
-    per-epoch ``history``.
+
+OPTIMIZERS = {"lazy_adam": LazyAdam, "adam": keras.optimizers.Adam}
+
+
+def ranker_optimizer(model, learning_rate=1e-3, optimizer="lazy_adam"):
+    """The optimizer :func:`train_ranker` compiles ``model`` with: ``optimizer`` (``"lazy_adam"``
+    or ``"adam"``) at ``learning_rate``, or the model's own ``default_optimizer`` (Wide & Deep:
+    FTRL for the wide part, the chosen Adam for the deep part)."""
+    if not isinstance(optimizer, str):
+        return optimizer
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer={optimizer!r}, expected one of {sorted(OPTIMIZERS)} or an "
+                         "optimizer instance")
+    if hasattr(model, "default_optimizer"):
+        try:
+            return model.default_optimizer(learning_rate,
+                                           deep_optimizer=OPTIMIZERS[optimizer](learning_rate))
+        except TypeError:
+            return model.default_optimizer(learning_rate)
+    return OPTIMIZERS[optimizer](learning_rate)
+
+
+def train_ranker(model, ds, epochs=2, batch_size=256, learning_rate=1e-3, verbose=None,
+                 patience=1, strategy=None, seed=0, optimizer=None, steps_per_execution=None,
+                 encode=None, jit_compile=False):
+    """Fits a ranker on ``ds.train`` (early stopping on ``ds.valid``'s AUC when there is one,
+    keeping the best epoch's weights).
+
+    Args (beyond the obvious):
+      optimizer: ``"lazy_adam"`` (:class:`LazyAdam`: sparse row updates of embedding tables),
+        ``"adam"`` (Keras' Adam) or an optimizer instance. Default: ``"lazy_adam"`` for the CTR
+        rankers that take encoded inputs (Wide & Deep, DeepFM, xDeepFM, DCN-v2), ``"adam"``
+        for the others.
+      steps_per_execution: training steps run per call into the compiled function (fewer
+        Python round trips). Default: 16 for the models that take encoded inputs, else 1.
+      encode: feed the model encoded inputs (lookups done once, outside the training step);
+        default: when the model supports it.
+      jit_compile: compile the training step with XLA (default False: with embedding
+        lookups and on CPU it measured slower).
+
+    ``ds.train``/``ds.valid`` may be DataFrames or lazily read splits (streaming Criteo). Returns
+    a dict with ``train_seconds``, ``train_examples_per_sec``, ``epochs_run`` and the per-epoch
+    ``history``.
     """
     strategy = strategy or tf.distribute.get_strategy()
     fs, label = ds.feature_set, ds.feature_set.label
+    fast = bool(getattr(model, "supports_encoded_inputs", False))
+    encode = fast if encode is None else encode
+    optimizer = ("lazy_adam" if fast else "adam") if optimizer is None else optimizer
+    steps_per_execution = (16 if fast else 1) if steps_per_execution is None else steps_per_execution
     with strategy.scope():
-        if hasattr(model, "default_optimizer"):
-            optimizer = model.default_optimizer(learning_rate)
-        else:
-            optimizer = keras.optimizers.Adam(learning_rate)
-        model.compile(optimizer=optimizer, loss="binary_crossentropy",
-                      metrics=[keras.metrics.AUC(name="auc")])
-    train = make_dataset(fs, ds.train, model.features, batch_size, label, shuffle=True, seed=seed)
-    callbacks, valid = [], None
-    if ds.valid is not None and len(ds.valid):
-        valid = make_dataset(fs, ds.valid, model.features, 4096, label)
-        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_auc", mode="max",
-                                                       patience=patience,
-                                                       restore_best_weights=True))
+        model.compile(optimizer=ranker_optimizer(model, learning_rate, optimizer),
+                      loss="binary_crossentropy",
+                      steps_per_execution=max(1, int(steps_per_execution)),
+                      jit_compile=bool(jit_compile))
+    build = encoded_dataset if encode else None
+
+    def data(frame, size, shuffle):
+        if build is not None:
+            return build(model, fs, frame, size, label, shuffle=shuffle, seed=seed)
+        return make_dataset(fs, frame, model.features, size, label, shuffle=shuffle, seed=seed)
+
+    train = data(ds.train, batch_size, True)
+    callbacks = []
+    if ds.valid is not None and _n_rows(ds.valid):
+        valid = data(ds.valid, 4096, False).map(lambda x, y: x)
+        callbacks += [ValidationMetrics(valid, np.asarray(ds.valid[label])),
+                      keras.callbacks.EarlyStopping(monitor="val_auc", mode="max",
+                                                    patience=patience,
+                                                    restore_best_weights=True)]
     start = time.perf_counter()
-    hist = model.fit(train, validation_data=valid, epochs=epochs, callbacks=callbacks,
-                     verbose=_verbose(verbose))
+    hist = model.fit(train, epochs=epochs, callbacks=callbacks, verbose=_verbose(verbose))
     seconds = time.perf_counter() - start
     epochs_run = len(hist.history.get("loss", []))
     return {"train_seconds": seconds, "epochs_run": epochs_run,
-            "train_examples_per_sec": len(ds.train) * epochs_run / max(seconds, 1e-9),
+            "train_examples_per_sec": _n_rows(ds.train) * epochs_run / max(seconds, 1e-9),
             "history": {k: [float(v) for v in vs] for k, vs in hist.history.items()}}
 
 
 def predict(model, feature_set, frame, batch_size=4096):
-    """Click probabilities for every row of ``frame`` (numpy ``[n]``)."""
-    data = make_dataset(feature_set, frame, model.features, batch_size)
-    return np.concatenate([model(b, training=False).numpy() for b in data]) if len(frame) else \
-        np.zeros(0, np.float32)
+    """Click probabilities for every row of ``frame`` (numpy ``[n]``), through the raw-input
+    path an export serves (lookups inside the model)."""
+    if not _n_rows(frame):
+        return np.zeros(0, np.float32)
+    return predict_batches(model, make_dataset(feature_set, frame, model.features, batch_size))
 
 
 def evaluate_ranker(model, ds, frame=None):
@@ -81,13 +246,13 @@ def evaluate_ranker(model, ds, frame=None):
     frame = ds.test if frame is None else frame
     fs = ds.feature_set
     p = predict(model, fs, frame)
-    y = frame[fs.label].to_numpy()
+    y = np.asarray(frame[fs.label]).astype(np.float64)
     out = {"auc": M.auc(y, p), "logloss": M.logloss(y, p)}
     if fs.user_id is not None:
-        out["gauc"] = M.gauc(frame[fs.user_id].to_numpy(), y, p)
+        out["gauc"] = M.gauc(np.asarray(frame[fs.user_id]), y, p)
     if "p_click" in frame:
-        out["oracle_auc"] = M.auc(y, frame["p_click"].to_numpy())
-        out["oracle_logloss"] = M.logloss(y, frame["p_click"].to_numpy())
+        out["oracle_auc"] = M.auc(y, np.asarray(frame["p_click"]))
+        out["oracle_logloss"] = M.logloss(y, np.asarray(frame["p_click"]))
     return out
 
 

@@ -21,6 +21,8 @@ DATASETS = {
     "amazon-sports": "recsys_tf.data.amazon:load_sports",
     "amazon-toys": "recsys_tf.data.amazon:load_toys",
     "amazon-grocery": "recsys_tf.data.amazon:load_grocery",
+    "criteo": "recsys_tf.data.criteo:load",
+    "criteo-synthetic": "recsys_tf.data.criteo_synthetic:load",
 }
 
 

@@ -31,6 +31,7 @@ References: Zhou et al., "Deep Interest Network for Click-Through Rate Predictio
 Zhou et al., "Deep Interest Evolution Network for Click-Through Rate Prediction", AAAI 2019.
 """
 from recsys_tf.backend import keras, tf
+from recsys_tf.layers.augru import time_dense
 from recsys_tf.layers.mlp import MLP
 
 NORMALIZATIONS = ("softmax", "sigmoid", "none")
@@ -61,6 +62,9 @@ class TargetAttention(keras.layers.Layer):
                                      if d_q != d_k else None)
             self.mlp = MLP(self.units, activation=self.activation, name="mlp")
             self.out = keras.layers.Dense(1, name="score")
+            if self.units:  # built now: scores() applies the first layer itself
+                self.mlp.build((None, 4 * d_k))
+                self.mlp.dense[0].build((None, 4 * d_k))
         super().build(input_shape)
 
     def scores(self, keys, query):
@@ -69,9 +73,21 @@ class TargetAttention(keras.layers.Layer):
             return tf.einsum("bld,de,be->bl", keys, self.bilinear, query)
         if self.query_projection is not None:
             query = self.query_projection(query)
-        t = tf.broadcast_to(query[:, None, :], tf.shape(keys))
-        units = tf.concat([keys, t, keys - t, keys * t], axis=-1)
-        return tf.squeeze(self.out(self.mlp(units)), axis=-1)
+        if not self.units:
+            t = tf.broadcast_to(query[:, None, :], tf.shape(keys))
+            units = tf.concat([keys, t, keys - t, keys * t], axis=-1)
+            return tf.squeeze(self.out(units), axis=-1)
+        # The first layer on [h, t, h - t, h * t] is h (W_1 + W_3) + t (W_2 - W_3) + (h t) W_4 + b:
+        # the query's part is computed once per row instead of once per behaviour, and the
+        # [b, L, 4d] concatenation is never built (same weights, same values).
+        first = self.mlp.dense[0]
+        w1, w2, w3, w4 = tf.split(first.kernel, 4, axis=0)
+        x = time_dense(tf.concat([keys, keys * query[:, None, :]], axis=-1),
+                       tf.concat([w1 + w3, w4], axis=0))
+        x = self.mlp.act(x + (tf.matmul(query, w2 - w3) + first.bias)[:, None, :])
+        for dense in self.mlp.dense[1:]:
+            x = self.mlp.act(dense(x))
+        return tf.squeeze(self.out(x), axis=-1)
 
     def call(self, inputs, mask=None):
         keys, query = inputs

@@ -8,6 +8,8 @@ Args:
   feature_set: the FeatureSet (or its ``to_dict()``).
   features: names of the features in the linear term.
   l2: L2 penalty on the looked-up weights (default 0).
+  fused: one weight vector for all categorical features (see ``FeatureEmbedding(fused=...)``;
+    default False).
 
 Inputs: a dict of raw feature tensors. Outputs: ``[batch, 1]`` logits.
 
@@ -20,11 +22,13 @@ from recsys_tf.layers.embedding import FeatureEmbedding
 
 
 class Linear(keras.layers.Layer):
-    def __init__(self, feature_set, features, l2=0.0, **kwargs):
+    def __init__(self, feature_set, features, l2=0.0, fused=False, **kwargs):
         super().__init__(**kwargs)
+        self.fused = bool(fused)
         self.weights_1d = FeatureEmbedding(feature_set, features, dim=1, numeric="field",
                                            sequence="mean", embeddings_l2=l2,
-                                           initializer_stddev=1e-4, name="weights_1d")
+                                           initializer_stddev=1e-4, fused=self.fused,
+                                           name="weights_1d")
         self.feature_set = self.weights_1d.feature_set
         self.features = list(features)
         self.l2 = float(l2)
@@ -34,11 +38,13 @@ class Linear(keras.layers.Layer):
         super().build(input_shape)
 
     def call(self, inputs):
+        if self.fused:
+            return tf.reduce_sum(self.weights_1d.fields(inputs), axis=[1, 2])[:, None] + self.bias
         w = self.weights_1d(inputs)
         return tf.add_n([w[n] for n in self.features]) + self.bias
 
     def get_config(self):
         config = super().get_config()
         config.update({"feature_set": self.feature_set.to_dict(), "features": self.features,
-                       "l2": self.l2})
+                       "l2": self.l2, "fused": self.fused})
         return config

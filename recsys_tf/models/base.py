@@ -7,13 +7,21 @@ Subclasses implement :meth:`logit` and extend :meth:`get_config` with their own 
 Args:
   feature_set: the FeatureSet (or its ``to_dict()``).
   features: names of the features to use (default: every feature of the set).
+
+Encoded inputs: a ranker with ``supports_encoded_inputs = True`` also accepts what its
+:meth:`encode_inputs` returns - the vocabulary/hash lookups done ahead of time
+(see :mod:`recsys_tf.layers.embedding`). The trainer runs ``encode_inputs`` once over
+the data (or in the tf.data pipeline) so a training step holds no string lookups; exports and
+``model(raw_inputs)`` are unchanged.
 """
 from recsys_tf.backend import keras, tf
 from recsys_tf.features import FeatureSet
+from recsys_tf.layers.embedding import is_encoded
 
 
 class RankingModel(keras.Model):
     output_name = "probability"
+    supports_encoded_inputs = False
 
     def __init__(self, feature_set, features=None, **kwargs):
         super().__init__(**kwargs)
@@ -25,7 +33,22 @@ class RankingModel(keras.Model):
         raise NotImplementedError
 
     def call(self, inputs, training=None):
+        inputs = self.encoded(inputs)
         return tf.sigmoid(tf.squeeze(self.logit(inputs, training=training), axis=-1))
+
+    def encoded(self, inputs):
+        """``inputs`` with the lookups done once for all layers (unchanged if they already
+        are, or if the model takes raw inputs only)."""
+        if not self.supports_encoded_inputs or is_encoded(inputs):
+            return inputs
+        return self.encode_inputs(inputs)
+
+    def encode_inputs(self, inputs):
+        """Raw inputs -> encoded inputs (lookups done); see the module docstring. Models that
+        set ``supports_encoded_inputs`` expose the layer doing their lookups as ``embedding``."""
+        if not self.supports_encoded_inputs:
+            raise NotImplementedError(f"{type(self).__name__} takes raw inputs only")
+        return self.embedding.encode(inputs)
 
     def input_signature(self):
         """TensorSpecs of the raw inputs, named as the features (the SavedModel's inputs)."""

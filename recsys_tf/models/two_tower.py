@@ -5,6 +5,10 @@
     s(q, c) = <q, c> / temperature
     L = - sum_i log softmax_j( s(q_i, c_j) - log Q(c_j) )_i        (in-batch negatives)
 
+``mean_masked(e(history)) = sum_j m_j e(h_j) / max(1, sum_j m_j)`` with ``m_j = h_j != pad``,
+so an empty history embeds as zeros; unknown user or item ids fall into OOV rows. Both never
+raise, so every query gets a top-k.
+
 ``Q(c)`` is the item's sampling probability in the training stream (its frequency), the
 log-q correction of Yi et al. 2019 that stops popular items being over-penalised as in-batch
 negatives; accidental hits (the same item as another row's positive) can be removed.
@@ -17,11 +21,14 @@ Args:
   candidate_features: names for the candidate tower (default: item-role features).
   dim: output embedding size (default 32).
   hidden: hidden sizes of each tower's MLP (default ``(64,)``).
+  normalize: L2-normalise both towers' outputs, so scores are cosine similarities
+    (default True; the temperature then sets the softmax's sharpness).
   temperature: softmax temperature (default 0.05 for normalised embeddings).
   logq_correction: subtract ``log Q(item)`` from logits during training (default True;
     frequencies set with :meth:`set_item_frequencies`).
   remove_accidental_hits: mask in-batch negatives equal to the positive (default True).
-  num_hard_negatives: keep only the top-n hardest in-batch negatives (default None = all).
+  num_hard_negatives: hard-negative mining: keep only the n highest-scoring in-batch
+    negatives per query in the softmax (default None = all).
 
 Example::
 
@@ -44,32 +51,42 @@ from recsys_tf.layers.mlp import MLP
 
 
 class Tower(keras.layers.Layer):
-    """Features -> concatenated embeddings (sequences mean-pooled) -> MLP -> L2-normalised."""
+    """One tower: ``y = normalize(W MLP([e(x_1); ...; e(x_n)]))`` (sequences mean-pooled,
+    padding masked; ``normalize`` optional)."""
 
-    def __init__(self, feature_set, features, dim=32, hidden=(64,), **kwargs):
+    def __init__(self, feature_set, features, dim=32, hidden=(64,), normalize=True, **kwargs):
         super().__init__(**kwargs)
         self.embedding = FeatureEmbedding(feature_set, features, sequence="mean", name="embedding")
         self.feature_set, self.features = self.embedding.feature_set, list(features)
-        self.dim, self.hidden = int(dim), list(hidden)
+        self.dim, self.hidden, self.normalize = int(dim), list(hidden), bool(normalize)
         self.mlp = MLP(self.hidden, name="mlp")
         self.project = keras.layers.Dense(self.dim, name="project")
 
     def call(self, inputs, training=None):
         e = self.embedding(inputs)
         x = tf.concat([e[n] for n in self.features], axis=-1)
-        return tf.math.l2_normalize(self.project(self.mlp(x, training=training)), axis=-1)
+        return self._output(x, training)
+
+    def _output(self, x, training):
+        y = self.project(self.mlp(x, training=training))
+        return tf.math.l2_normalize(y, axis=-1) if self.normalize else y
 
     def get_config(self):
         config = super().get_config()
         config.update({"feature_set": self.feature_set.to_dict(), "features": self.features,
-                       "dim": self.dim, "hidden": self.hidden})
+                       "dim": self.dim, "hidden": self.hidden, "normalize": self.normalize})
         return config
 
 
 class TwoTower(tfrs.Model):
+    """The two-tower retriever of this module (see the module docstring for the formula,
+    arguments, example and references). ``query_model`` / ``candidate_model`` give the two
+    embeddings; ``compute_loss`` is TFRS's ``tasks.Retrieval`` over in-batch negatives."""
+
     def __init__(self, feature_set, query_features=None, candidate_features=None, dim=32,
                  hidden=(64,), temperature=0.05, logq_correction=True,
-                 remove_accidental_hits=True, num_hard_negatives=None, **kwargs):
+                 remove_accidental_hits=True, num_hard_negatives=None, normalize=True,
+                 **kwargs):
         super().__init__(**kwargs)
         fs = feature_set if isinstance(feature_set, FeatureSet) else FeatureSet.from_dict(feature_set)
         if fs.item_id is None:
@@ -81,7 +98,9 @@ class TwoTower(tfrs.Model):
         if self.item_id not in self.candidate_features:
             raise ValueError(f"candidate_features {self.candidate_features} must include the "
                              f"item id feature {self.item_id!r}")
-        self.dim, self.hidden = int(dim), list(hidden)
+        self.dim, self.hidden, self.normalize = int(dim), list(hidden), bool(normalize)
+        if num_hard_negatives is not None and int(num_hard_negatives) < 1:
+            raise ValueError(f"num_hard_negatives={num_hard_negatives}, expected None or >= 1")
         self.temperature, self.logq_correction = float(temperature), bool(logq_correction)
         self.remove_accidental_hits = bool(remove_accidental_hits)
         self.num_hard_negatives = num_hard_negatives
@@ -95,9 +114,9 @@ class TwoTower(tfrs.Model):
                                    if not isinstance(self.feature_set[c], Numeric)}]
         own = [n for n in self.query_features if n not in self.shared_history]
         self.query_tower = _QueryTower(self.feature_set, own, self.shared_history, dim, hidden,
-                                       name="query_tower")
+                                       normalize=normalize, name="query_tower")
         self.candidate_tower = Tower(self.feature_set, self.candidate_features, dim, hidden,
-                                     name="candidate_tower")
+                                     normalize=normalize, name="candidate_tower")
         self.query_tower.candidate_tower = self.candidate_tower
         self.task = tfrs.tasks.Retrieval(temperature=self.temperature,
                                          remove_accidental_hits=self.remove_accidental_hits,
@@ -122,7 +141,10 @@ class TwoTower(tfrs.Model):
         return self.candidate_tower(inputs, training=training)
 
     def call(self, inputs, training=None):
-        return self.query_model(inputs, training), self.candidate_model(inputs, training)
+        # candidate tower first: it owns the item tables the query tower's histories share,
+        # so they are created (and named) under it
+        c = self.candidate_model(inputs, training)
+        return self.query_model(inputs, training), c
 
     def compute_loss(self, inputs, training=False):
         q, c = self(inputs, training=training)
@@ -146,7 +168,7 @@ class TwoTower(tfrs.Model):
                 "hidden": self.hidden, "temperature": self.temperature,
                 "logq_correction": self.logq_correction,
                 "remove_accidental_hits": self.remove_accidental_hits,
-                "num_hard_negatives": self.num_hard_negatives}
+                "num_hard_negatives": self.num_hard_negatives, "normalize": self.normalize}
 
     @classmethod
     def from_config(cls, config):
@@ -156,8 +178,9 @@ class TwoTower(tfrs.Model):
 class _QueryTower(Tower):
     """A Tower whose item-id sequences are embedded with the candidate tower's item table."""
 
-    def __init__(self, feature_set, features, shared_history, dim, hidden, **kwargs):
-        super().__init__(feature_set, features, dim, hidden, **kwargs)
+    def __init__(self, feature_set, features, shared_history, dim, hidden, normalize=True,
+                 **kwargs):
+        super().__init__(feature_set, features, dim, hidden, normalize=normalize, **kwargs)
         fs = feature_set if isinstance(feature_set, FeatureSet) else FeatureSet.from_dict(feature_set)
         self.shared_history = list(shared_history)
         self._history_base = {n: fs.categorical_of(n) for n in self.shared_history}
@@ -172,4 +195,4 @@ class _QueryTower(Tower):
             seq = cand.embed_ids(base.name, inputs[n])
             parts.append(masked_mean(seq, tf.not_equal(inputs[n], base.pad)))
         x = tf.concat(parts, axis=-1)
-        return tf.math.l2_normalize(self.project(self.mlp(x, training=training)), axis=-1)
+        return self._output(x, training)

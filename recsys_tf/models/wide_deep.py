@@ -35,6 +35,9 @@ Args:
   wide_learning_rate: FTRL learning rate of :meth:`default_optimizer` (default None:
     ``min(0.2, 1 / sqrt(number of wide inputs))``, the rule of TensorFlow's canned
     DNNLinearCombinedClassifier).
+  compute_dtype: the deep part's matmul precision: ``"float32"``, ``"bfloat16"`` (mixed
+    precision: float32 weights, embeddings and logits) or ``"auto"`` (bfloat16 on CPUs with
+    AMX/AVX512-BF16 units, else float32; resolved when the model is made). Default float32.
 
 Inputs: dict of raw feature tensors. Outputs: click probability ``[batch]``.
 
@@ -50,7 +53,7 @@ import math
 
 from recsys_tf.backend import keras, tf
 from recsys_tf.features import Categorical, FeatureSet, Numeric, Sequence
-from recsys_tf.layers.embedding import FeatureEmbedding, normalise
+from recsys_tf.layers.embedding import NUM_KEY, FeatureEmbedding, id_key, is_encoded, normalise
 from recsys_tf.layers.mlp import MLP
 from recsys_tf.models.base import RankingModel
 
@@ -63,7 +66,7 @@ class DeepPart(keras.Model):
     """
 
     def __init__(self, feature_set, features, dim=16, dnn_units=(256, 128), dropout=0.0,
-                 embeddings_l2=1e-6, **kwargs):
+                 embeddings_l2=1e-6, compute_dtype="float32", **kwargs):
         super().__init__(**kwargs)
         self.features = list(features)
         self.dim = None if dim is None else int(dim)
@@ -71,19 +74,20 @@ class DeepPart(keras.Model):
         self.embeddings_l2 = float(embeddings_l2)
         self.embedding = FeatureEmbedding(feature_set, self.features, dim=self.dim,
                                           numeric="value", sequence="mean",
-                                          embeddings_l2=self.embeddings_l2, name="embedding")
-        self.mlp = MLP(self.dnn_units, dropout=self.dropout, name="mlp")
+                                          embeddings_l2=self.embeddings_l2, fused=True,
+                                          name="embedding")
+        self.mlp = MLP(self.dnn_units, dropout=self.dropout, compute_dtype=compute_dtype, name="mlp")
+        self.compute_dtype_ = self.mlp.compute_dtype_
         self.logit = keras.layers.Dense(1, name="logit")
 
     def call(self, inputs, training=None):
-        e = self.embedding(inputs)
-        x = tf.concat([e[n] for n in self.features], axis=1)
-        return self.logit(self.mlp(x, training=training))
+        return self.logit(self.mlp(self.embedding.flat(inputs), training=training))
 
     def get_config(self):
         return {"name": self.name, "feature_set": self.embedding.feature_set.to_dict(),
                 "features": self.features, "dim": self.dim, "dnn_units": self.dnn_units,
-                "dropout": self.dropout, "embeddings_l2": self.embeddings_l2}
+                "dropout": self.dropout, "embeddings_l2": self.embeddings_l2,
+                "compute_dtype": self.compute_dtype_}
 
     @classmethod
     def from_config(cls, config):
@@ -91,9 +95,11 @@ class DeepPart(keras.Model):
 
 
 class WideDeep(RankingModel, keras.experimental.WideDeepModel):
+    supports_encoded_inputs = True
+
     def __init__(self, feature_set, features=None, wide_features=None, crosses=(),
                  cross_buckets=1000, dim=16, dnn_units=(256, 128), dropout=0.0,
-                 embeddings_l2=1e-6, wide_learning_rate=None, **kwargs):
+                 embeddings_l2=1e-6, wide_learning_rate=None, compute_dtype="float32", **kwargs):
         fs = (feature_set if isinstance(feature_set, FeatureSet)
               else FeatureSet.from_dict(feature_set))
         features = list(features) if features is not None else fs.names
@@ -105,7 +111,7 @@ class WideDeep(RankingModel, keras.experimental.WideDeepModel):
             raise ValueError(f"WideDeep cross_buckets={cross_buckets}, expected >= 1")
         dim = None if dim is None else int(dim)
         deep = DeepPart(fs, features, dim=dim, dnn_units=dnn_units, dropout=dropout,
-                        embeddings_l2=embeddings_l2, name="deep")
+                        embeddings_l2=embeddings_l2, compute_dtype=compute_dtype, name="deep")
         wide = keras.experimental.LinearModel(units=1, name="wide")
         # RankingModel passes linear_model/dnn_model on to WideDeepModel.__init__ (next in MRO)
         super().__init__(fs, features, linear_model=wide, dnn_model=deep, **kwargs)
@@ -126,6 +132,26 @@ class WideDeep(RankingModel, keras.experimental.WideDeepModel):
             cross_name(c): keras.layers.HashedCrossing(
                 num_bins=self.cross_buckets, output_mode="one_hot", sparse=True,
                 name=f"wide_{cross_name(c)}") for c in self.crosses}
+        # the same crosses as bin indices (encoded inputs), and their one-hot encoding
+        self._cross_bins = {
+            cross_name(c): keras.layers.HashedCrossing(
+                num_bins=self.cross_buckets, output_mode="int", name=f"bins_{cross_name(c)}")
+            for c in self.crosses}
+        self._cross_onehot = keras.layers.CategoryEncoding(
+            num_tokens=self.cross_buckets, output_mode="one_hot", sparse=True, name="wide_cross_bins")
+
+    @property
+    def embedding(self):
+        """The deep part's FeatureEmbedding: it owns the vocabulary/hash lookups."""
+        return self.dnn_model.embedding
+
+    def encode_inputs(self, inputs):
+        """Lookups done ahead of time: the deep part's indices plus each cross's hash bin."""
+        out = dict(self.dnn_model.embedding.encode(inputs))
+        for c in self.crosses:
+            bins = self._cross_bins[cross_name(c)](tuple(inputs[n] for n in c))
+            out[id_key(cross_name(c))] = tf.cast(tf.reshape(bins, [-1]), tf.int32)
+        return out
 
     # -- the wide part's inputs -------------------------------------------------------------
     def wide_inputs(self, inputs):
@@ -135,14 +161,20 @@ class WideDeep(RankingModel, keras.experimental.WideDeepModel):
         for n in self.wide_features:
             f = self.feature_set[n]
             if isinstance(f, Numeric):
-                out[n] = normalise(f, inputs[n])[:, None]
+                x = (inputs[NUM_KEY][:, emb._numeric.index(n)] if is_encoded(inputs)
+                     else inputs[n])
+                out[n] = normalise(f, x)[:, None]
             elif isinstance(f, Sequence):
-                ids = tf.ragged.boolean_mask(emb.lookup(n, inputs[n]), emb.mask(inputs, n))
+                ids = tf.ragged.boolean_mask(emb.ids(inputs, n), emb.mask(inputs, n))
                 out[n] = self._encoders[n](ids)
             else:
-                out[n] = self._encoders[n](emb.lookup(n, inputs[n]))
+                out[n] = self._encoders[n](emb.ids(inputs, n))
         for c in self.crosses:
-            out[cross_name(c)] = self._crossings[cross_name(c)](tuple(inputs[n] for n in c))
+            name = cross_name(c)
+            if id_key(name) in inputs:
+                out[name] = self._cross_onehot(inputs[id_key(name)])
+            else:
+                out[name] = self._crossings[name](tuple(inputs[n] for n in c))
         return out
 
     def logit(self, inputs, training=None):
@@ -150,14 +182,16 @@ class WideDeep(RankingModel, keras.experimental.WideDeepModel):
         return keras.experimental.WideDeepModel.call(
             self, [self.wide_inputs(inputs), inputs], training=training)
 
-    def default_optimizer(self, learning_rate=1e-3):
+    def default_optimizer(self, learning_rate=1e-3, deep_optimizer=None):
         """``[FTRL for the wide part, Adam(learning_rate) for the deep part]``: pass as
-        ``compile(optimizer=...)`` and ``WideDeepModel.train_step`` applies each to its part."""
+        ``compile(optimizer=...)`` and ``WideDeepModel.train_step`` applies each to its part.
+        ``deep_optimizer`` replaces the deep part's Adam (the trainer passes its sparse-row
+        Adam, :class:`recsys_tf.training.LazyAdam`)."""
         lr = self.wide_learning_rate
         if lr is None:
             lr = min(0.2, 1.0 / math.sqrt(len(self.wide_features) + len(self.crosses)))
         return [keras.optimizers.Ftrl(learning_rate=lr),
-                keras.optimizers.Adam(learning_rate=learning_rate)]
+                deep_optimizer or keras.optimizers.Adam(learning_rate=learning_rate)]
 
     def get_config(self):
         config = super().get_config()
@@ -166,6 +200,7 @@ class WideDeep(RankingModel, keras.experimental.WideDeepModel):
                        "cross_buckets": self.cross_buckets, "dim": self.dim,
                        "dnn_units": self.dnn_units, "dropout": self.dropout,
                        "embeddings_l2": self.embeddings_l2,
+                       "compute_dtype": self.dnn_model.compute_dtype_,
                        "wide_learning_rate": self.wide_learning_rate})
         return config
 

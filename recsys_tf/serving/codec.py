@@ -23,7 +23,8 @@ import sys
 import numpy as np
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
-__all__ = ["to_tensor_proto", "to_ndarray", "dtype_name", "numpy_dtype", "dtype_enum"]
+__all__ = ["to_tensor_proto", "to_ndarray", "dtype_name", "numpy_dtype", "dtype_enum",
+           "value_field"]
 
 _DT = types_pb2
 
@@ -128,6 +129,17 @@ def dtype_enum(dtype) -> int:
         return _ENUM[(dt.kind, dt.itemsize)]
     except KeyError:
         raise TypeError(f"unsupported dtype for a TensorProto: {dt}") from None
+
+
+def value_field(enum: int):
+    """(repeated field name, values per element) that holds a ``DataType``'s values when
+    ``tensor_content`` is empty, e.g. ``("float_val", 1)``, ``("scomplex_val", 2)``."""
+    enum = int(enum)
+    try:
+        name = _FIELD[enum]
+    except KeyError:
+        raise TypeError(f"unsupported TensorProto dtype: {dtype_name(enum)}") from None
+    return name, 2 if enum in (_DT.DT_COMPLEX64, _DT.DT_COMPLEX128) else 1
 
 
 def numpy_dtype(enum: int) -> np.dtype:

@@ -9,9 +9,12 @@ so a caller that wants to explain a result can diff before and after (for exampl
 * :func:`blend` - mix retrieval and ranking scores.
 * :func:`calibrate` - temperature / bias scaling of probabilities on the logit scale.
 * :func:`boost`, :func:`freshness_boost` - business-rule and recency boosts.
-* :func:`category_cap` - at most ``cap`` items per category in an ordering.
-* :func:`mmr` - Maximal Marginal Relevance diversification.
-* :func:`explore` - seeded softmax sampling without replacement (Gumbel top-k).
+* :func:`category_cap` - at most ``cap`` items per category in an ordering (one cap for
+  all categories, or one per category).
+* :func:`mmr` - Maximal Marginal Relevance diversification, optionally under category caps.
+* :func:`redundancy` - how similar each picked item is to the ones picked before it (the
+  penalty MMR weighed), for explanations.
+* :func:`perturb`, :func:`explore` - seeded softmax sampling without replacement (Gumbel top-k).
 
 Example::
 
@@ -26,6 +29,8 @@ Nothing here imports TensorFlow or any other part of the package.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 __all__ = [
@@ -36,6 +41,8 @@ __all__ = [
     "freshness_boost",
     "category_cap",
     "mmr",
+    "redundancy",
+    "perturb",
     "explore",
 ]
 
@@ -101,6 +108,40 @@ def _codes(values):
         dtype=np.int64,
         count=len(values),
     )
+
+
+def _codes_and_values(values):
+    """Like :func:`_codes`, plus the distinct values in code order."""
+    table = {}
+    codes = np.fromiter(
+        (table.setdefault(_plain_id(v), len(table)) for v in values),
+        dtype=np.int64,
+        count=len(values),
+    )
+    return codes, list(table)
+
+
+def _check_cap(value, what):
+    if (
+        isinstance(value, (bool, np.bool_))
+        or not isinstance(value, (int, np.integer))
+        or value < 0
+    ):
+        raise ValueError(f"{what} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def _cap_limits(cap, distinct, default=None):
+    """Per-category limits (float, ``inf`` = uncapped) for the categories in ``distinct``.
+
+    ``cap`` is one int for every category, or a mapping ``{category: int}`` where a category
+    that is not listed gets ``default`` (None = uncapped).
+    """
+    if isinstance(cap, Mapping):
+        caps = {_plain_id(c): _check_cap(v, f"cap for category {c!r}") for c, v in cap.items()}
+        fallback = np.inf if default is None else _check_cap(default, "default")
+        return np.array([caps.get(c, fallback) for c in distinct], dtype=np.float64)
+    return np.full(len(distinct), _check_cap(cap, "cap"), dtype=np.float64)
 
 
 def _stable_desc(scores):
@@ -303,18 +344,19 @@ def freshness_boost(scores, age, half_life, strength):
 # --------------------------------------------------------------------------- ordering
 
 
-def category_cap(order, categories, cap):
+def category_cap(order, categories, cap, default=None):
     """Keep at most ``cap`` items per category, preserving the order (stable).
 
-    Walks ``order`` front to back and drops an item once ``cap`` items of its category
-    have been kept.
+    Walks ``order`` front to back and drops an item once the cap of its category is reached.
 
     Args:
       order: 1-D indices into the candidate arrays, best first (e.g. from :func:`mmr` or
         ``np.argsort(-scores)``).
       categories: per-candidate categories, indexed by candidate index (not by position
         in ``order``); any hashable values.
-      cap: non-negative int.
+      cap: non-negative int (the same cap for every category), or a mapping
+        ``{category: cap}`` for per-category caps.
+      default: with a mapping, the cap of categories it does not list (None = uncapped).
 
     Returns:
       1-D int64 array: the kept subsequence of ``order``.
@@ -322,9 +364,11 @@ def category_cap(order, categories, cap):
     Example:
       >>> category_cap([3, 0, 2, 1], ["a", "b", "a", "a"], cap=1).tolist()
       [3, 1]
+      >>> category_cap([3, 0, 2, 1], ["a", "b", "a", "a"], cap={"a": 2, "b": 0}).tolist()
+      [3, 0]
     """
-    if isinstance(cap, (bool, np.bool_)) or not isinstance(cap, (int, np.integer)) or cap < 0:
-        raise ValueError(f"cap must be a non-negative integer, got {cap!r}")
+    if not isinstance(cap, Mapping):
+        _check_cap(cap, "cap")
     idx = np.asarray(order)
     if idx.ndim != 1 or (idx.size and idx.dtype.kind not in "iu"):
         raise ValueError(
@@ -340,18 +384,20 @@ def category_cap(order, categories, cap):
             f"order holds indices from {idx.min()} to {idx.max()} but categories has "
             f"{len(cats)} elements"
         )
-    codes = _codes(cats)
-    seen = np.zeros(codes.max() + 1 if len(codes) else 0, dtype=np.int64)
+    codes, distinct = _codes_and_values(cats)
+    limits = _cap_limits(cap, distinct, default)
+    seen = np.zeros(len(distinct), dtype=np.int64)
     keep = np.zeros(len(idx), dtype=bool)
     for pos, i in enumerate(idx):
         c = codes[i]
-        if seen[c] < cap:
+        if seen[c] < limits[c]:
             seen[c] += 1
             keep[pos] = True
     return idx[keep]
 
 
-def mmr(scores, k, diversity=0.0, embeddings=None, categories=None):
+def mmr(scores, k, diversity=0.0, embeddings=None, categories=None, cap=None,
+        cap_categories=None, cap_default=None):
     """Maximal Marginal Relevance: pick ``k`` relevant but mutually dissimilar items.
 
     Greedy: at each step pick, among the items not yet chosen,
@@ -368,12 +414,22 @@ def mmr(scores, k, diversity=0.0, embeddings=None, categories=None):
     index), and needs neither embeddings nor categories. ``O(n k)`` (plus ``O(n k d)`` for
     embeddings): each step updates the running max-similarity with one vector.
 
+    With ``cap``, an item whose category (``cap_categories``, default ``categories``) has
+    reached its cap is never picked: the greedy runs over the items still allowed, so the
+    result is the MMR list under the caps, not a truncated one. Fewer than ``k`` items come
+    back when the caps leave fewer. With ``diversity=0`` this equals
+    ``category_cap(stable descending sort, cap_categories, cap)[:k]``.
+
     Args:
       scores: 1-D finite relevance scores for ``n`` candidates.
       k: number of items to pick; ``k > n`` returns all ``n``.
       diversity: trade-off in [0, 1]; 0 = pure relevance, 1 = pure novelty.
       embeddings: optional ``[n, d]`` item vectors.
       categories: optional ``n`` category values (any hashable), used when no embeddings.
+      cap: optional per-category cap: an int, or ``{category: int}`` (see
+        :func:`category_cap`).
+      cap_categories: the ``n`` categories the cap counts (default ``categories``).
+      cap_default: with a mapping ``cap``, the cap of unlisted categories (None = uncapped).
 
     Returns:
       1-D int64 array of at most ``k`` candidate indices, in pick order.
@@ -383,6 +439,8 @@ def mmr(scores, k, diversity=0.0, embeddings=None, categories=None):
       [0, 2]
       >>> mmr([0.9, 0.8, 0.3], k=2).tolist()
       [0, 1]
+      >>> mmr([0.9, 0.8, 0.7, 0.1], k=3, categories=["a", "a", "a", "b"], cap=2).tolist()
+      [0, 1, 3]
     """
     s = _scores(scores)
     k = _check_k(k)
@@ -410,8 +468,24 @@ def mmr(scores, k, diversity=0.0, embeddings=None, categories=None):
         _same_length(s, "scores", cats, "categories")
         sim_codes = _codes(cats)
 
+    cap_codes = limits = None
+    if cap is not None:
+        cc = categories if cap_categories is None else cap_categories
+        if cc is None:
+            raise ValueError("cap= needs categories= or cap_categories= to count per category")
+        cc = np.asarray(cc, dtype=object)
+        if cc.ndim != 1:
+            raise ValueError(f"cap_categories must be 1-D, got an array of shape {cc.shape}")
+        _same_length(s, "scores", cc, "cap_categories")
+        cap_codes, distinct = _codes_and_values(cc)
+        limits = _cap_limits(cap, distinct, cap_default)
+
     if diversity == 0 or k == 0:
-        return _stable_desc(s)[:k].astype(np.int64)
+        order = _stable_desc(s)
+        if cap_codes is not None:
+            order = category_cap(order, cap_categories if cap_categories is not None
+                                 else categories, cap, cap_default)
+        return order[:k].astype(np.int64)
     if sim_vectors is None and sim_codes is None:
         raise ValueError(
             f"diversity={diversity} needs embeddings= or categories= to measure similarity"
@@ -419,23 +493,104 @@ def mmr(scores, k, diversity=0.0, embeddings=None, categories=None):
 
     rel = _minmax(s)
     max_sim = np.full(n, -np.inf)  # max similarity to the chosen items so far
-    chosen = np.zeros(n, dtype=bool)
-    picks = np.empty(k, dtype=np.int64)
+    blocked = np.zeros(n, dtype=bool)  # chosen, or its category is full
+    counts = None if cap_codes is None else np.zeros(len(limits), dtype=np.int64)
+    if counts is not None:
+        blocked |= limits[cap_codes] <= 0
+    picks = []
     for step in range(k):
         penalty = max_sim if step else 0.0  # the max over an empty set is 0
         obj = (1.0 - diversity) * rel - diversity * penalty
-        obj[chosen] = -np.inf
+        obj[blocked] = -np.inf
         best = obj.max()
+        if best == -np.inf:  # nothing left that the caps allow
+            break
         tied = np.flatnonzero(obj == best)
         pick = tied[np.argmax(rel[tied])] if len(tied) > 1 else tied[0]
-        picks[step] = pick
-        chosen[pick] = True
+        picks.append(pick)
+        blocked[pick] = True
+        if counts is not None:
+            c = cap_codes[pick]
+            counts[c] += 1
+            if counts[c] >= limits[c]:
+                blocked |= cap_codes == c
         if sim_vectors is not None:
             sim = sim_vectors @ sim_vectors[pick]
         else:
             sim = (sim_codes == sim_codes[pick]).astype(np.float64)
         np.maximum(max_sim, sim, out=max_sim)
-    return picks
+    return np.asarray(picks, dtype=np.int64)
+
+
+def redundancy(order, embeddings=None, categories=None):
+    """Each picked item's largest similarity to the items picked before it.
+
+    The quantity MMR penalises: for the item at position ``p`` of ``order``,
+    ``max_{q < p} sim(order[p], order[q])`` (0 for the first), with ``sim`` the cosine
+    similarity of ``embeddings`` or, without them, ``1[category equal]``. Multiplied by the
+    ``diversity`` it is the penalty the item paid when it was picked.
+
+    Args:
+      order: 1-D candidate indices, in pick order.
+      embeddings: ``[n, d]`` item vectors (indexed by candidate index), or
+      categories: ``n`` category values.
+
+    Returns:
+      1-D float64 array, one value per position of ``order``.
+
+    Example:
+      >>> redundancy([0, 2, 1], categories=["a", "a", "b"]).tolist()
+      [0.0, 0.0, 1.0]
+      >>> redundancy([0, 1], embeddings=[[1.0, 0.0], [1.0, 1.0]]).round(4).tolist()
+      [0.0, 0.7071]
+    """
+    idx = np.asarray(order)
+    if idx.ndim != 1 or (idx.size and idx.dtype.kind not in "iu"):
+        raise ValueError(f"order must be 1-D integer indices, got shape {idx.shape}")
+    idx = idx.astype(np.int64)
+    if embeddings is not None:
+        e = np.asarray(embeddings, dtype=np.float64)
+        if e.ndim != 2:
+            raise ValueError(f"embeddings must have shape [n, d], got shape {e.shape}")
+        if idx.size and idx.max() >= len(e):
+            raise ValueError(f"order holds index {idx.max()} but embeddings has {len(e)} rows")
+        v = e[idx]
+        norms = np.linalg.norm(v, axis=1, keepdims=True)
+        v = np.divide(v, norms, out=np.zeros_like(v), where=norms > 0)
+        sim = v @ v.T
+    elif categories is not None:
+        cats = np.asarray(categories, dtype=object)
+        if idx.size and idx.max() >= len(cats):
+            raise ValueError(f"order holds index {idx.max()} but categories has {len(cats)}")
+        codes = _codes(cats)[idx]
+        sim = (codes[:, None] == codes[None, :]).astype(np.float64)
+    else:
+        raise ValueError("redundancy needs embeddings= or categories=")
+    out = np.zeros(len(idx))
+    for p in range(1, len(idx)):
+        out[p] = sim[p, :p].max()
+    return out
+
+
+def perturb(scores, temperature=1.0, seed=None):
+    """Gumbel sampling keys: ``scores / T + Gumbel(0, 1)`` noise (one draw per item).
+
+    Sorting the keys descending draws the items by softmax sampling without replacement
+    (see :func:`explore`, which is the top ``k`` of these keys); feeding them to :func:`mmr`
+    as relevance gives diversified exploration. ``temperature=0`` returns the scores
+    unchanged (as float64). The same ``seed`` gives the same keys.
+
+    Example:
+      >>> perturb([3.0, 1.0], temperature=0).tolist()
+      [3.0, 1.0]
+    """
+    s = _scores(scores)
+    if not (temperature >= 0 and np.isfinite(temperature)):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    if temperature == 0:
+        return s.copy()
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    return s / temperature + rng.gumbel(size=len(s))
 
 
 def explore(scores, k, temperature=1.0, seed=None):
@@ -462,10 +617,5 @@ def explore(scores, k, temperature=1.0, seed=None):
     """
     s = _scores(scores)
     k = min(_check_k(k), len(s))
-    if not (temperature >= 0 and np.isfinite(temperature)):
-        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
-    if temperature == 0:
-        return _stable_desc(s)[:k].astype(np.int64)
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    keys = s / temperature + rng.gumbel(size=len(s))
+    keys = perturb(s, temperature, seed)
     return _stable_desc(keys)[:k].astype(np.int64)

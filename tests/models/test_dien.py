@@ -153,3 +153,126 @@ def test_saved_model_round_trip(cls, beauty, batch, trained_dien, tmp_path):
     # unknown ids land in the OOV rows, never an error
     unknown = dict(batch, item_id=tf.fill(tf.shape(batch["item_id"]), tf.constant(10**9, tf.int64)))
     assert np.all(np.isfinite(loaded(**unknown)["probability"].numpy()))
+
+
+@pytest.mark.parametrize("evolution", ["augru", "agru", "aigru"])
+def test_fused_recurrences_match_the_keras_layers(beauty, batch, evolution):
+    """The fused GRU / AUGRU paths give the Keras layers' outputs and gradients."""
+    fused = DIEN(beauty.feature_set, evolution=evolution, gru_units=6, aux_loss_weight=0.0,
+                 **SMALL)
+    reference = DIEN(beauty.feature_set, evolution=evolution, gru_units=6, aux_loss_weight=0.0,
+                     fused_rnn=False, **SMALL)
+    fused(batch)
+    reference(batch)
+    rng = np.random.default_rng(0)
+    weights = [w + rng.normal(0.0, 0.3, w.shape).astype(w.dtype) for w in fused.get_weights()]
+    fused.set_weights(weights)
+    reference.set_weights(weights)
+    grads = []
+    for model in (fused, reference):
+        with tf.GradientTape() as tape:
+            p = model(batch, training=True)
+            loss = tf.reduce_sum(p * tf.range(1.0, 17.0))
+        grads.append(tape.gradient(loss, model.trainable_variables))
+        np.testing.assert_allclose(p.numpy(), reference(batch, training=False).numpy(), atol=1e-5)
+    for variable, a, b in zip(fused.trainable_variables, *grads):
+        if a is None and b is None:             # the unused aux projection (no aux loss)
+            continue
+        np.testing.assert_allclose(tf.convert_to_tensor(a).numpy(), tf.convert_to_tensor(b).numpy(),
+                                   atol=2e-5, err_msg=variable.name)
+
+
+def test_fused_sequences_match_keras_rnn_with_masks():
+    from recsys_tf.layers.augru import AUGRUCell, keras_gru_sequence
+
+    rng = np.random.default_rng(1)
+    x = tf.constant(rng.normal(size=(4, 6, 3)), tf.float32)
+    a = tf.constant(rng.uniform(size=(4, 6)), tf.float32)
+    mask = tf.constant(np.array([[1, 1, 1, 0, 0, 0], [1, 0, 1, 1, 0, 1], [0] * 6, [1] * 6], bool))
+    gru = keras.layers.GRU(5, return_sequences=True)
+    gru.build(x.shape)
+    gru.cell.bias.assign(rng.normal(size=(2, 15)))
+    np.testing.assert_allclose(keras_gru_sequence(gru, x, mask).numpy(),
+                               gru(x, mask=mask).numpy(), atol=1e-6)
+    for mode in ("augru", "agru", "aigru"):
+        cell = AUGRUCell(5, mode=mode)
+        rnn = keras.layers.RNN(cell, return_sequences=True)
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch([x, a])
+            expected = rnn(tf.concat([x, a[..., None]], -1), mask=mask)
+            states = cell.sequence(x, a, mask)
+            last = cell.sequence(x, a, mask, return_sequences=False)
+            losses = [tf.reduce_sum(expected[:, -1] ** 2), tf.reduce_sum(last ** 2)]
+        np.testing.assert_allclose(states.numpy(), expected.numpy(), atol=1e-6)
+        np.testing.assert_allclose(last.numpy(), expected.numpy()[:, -1], atol=1e-6)
+        np.testing.assert_array_equal(last.numpy()[2], np.zeros(5))       # empty history
+        for ref, got in zip(tape.gradient(losses[0], [x, a] + cell.weights),
+                            tape.gradient(losses[1], [x, a] + cell.weights)):
+            np.testing.assert_allclose(tf.convert_to_tensor(got).numpy(),
+                                       tf.convert_to_tensor(ref).numpy(), atol=1e-5)
+
+
+def test_attention_mlp_matches_the_concatenated_units():
+    from recsys_tf.layers.attention import TargetAttention
+
+    rng = np.random.default_rng(2)
+    keys = tf.constant(rng.normal(size=(3, 5, 4)), tf.float32)
+    query = tf.constant(rng.normal(size=(3, 6)), tf.float32)     # projected to the key size
+    att = TargetAttention((8, 4), normalization="none")
+    _, weights = att([keys, query], mask=None)
+    t = tf.broadcast_to(att.query_projection(query)[:, None, :], keys.shape)
+    units = tf.concat([keys, t, keys - t, keys * t], axis=-1)
+    expected = tf.squeeze(att.out(att.mlp(units)), -1)
+    np.testing.assert_allclose(weights.numpy(), expected.numpy(), atol=1e-5)
+
+
+def test_aux_loss_positive_term_by_hand(beauty, batch):
+    """Every behaviour the same item: each drawn negative is the real next item and is dropped,
+    leaving mean_t -log sigmoid(<h_t, e_b[t+1]>) over steps t with a real t + 1."""
+    model = DIEN(beauty.feature_set, embeddings_l2=0.0, **SMALL)
+    same = dict(batch)
+    lengths = np.array([0, 1, 2, 5, 20] + [3] * 11)
+    real = np.arange(20)[None, :] < lengths[:, None]
+    same["history"] = tf.constant(np.where(real, batch["item_id"].numpy()[0], 0))
+    same["history_category"] = tf.constant(np.where(real, batch["category"].numpy()[0], 0))
+    model(same, training=True)
+    behaviors, mask, _, _ = model.embed(same)
+    h = model.extractor(behaviors, mask=mask).numpy()
+    e = behaviors.numpy()
+    terms = [np.log1p(np.exp(-h[b, t] @ e[b, t + 1])) for b in range(16)
+             for t in range(19) if real[b, t] and real[b, t + 1]]
+    np.testing.assert_allclose(float(model.losses[0]), np.mean(terms), rtol=1e-5)
+
+
+@pytest.mark.parametrize("dataset", ["amazon-beauty", "synthetic"])
+def test_cli_train_writes_metrics_and_an_export_that_reloads(dataset, data_dir, tmp_path):
+    from recsys_tf import metrics
+    from recsys_tf.cli import main
+
+    if dataset == "amazon-beauty":
+        options = ["--data-dir", data_dir, "--data-option", "max_users=300"]
+    else:
+        options = ["--data-option", "n_users=60", "--data-option", "n_items=50",
+                   "--data-option", "n_train=2000", "--data-option", "n_test=400"]
+    out = tmp_path / "m.json"
+    assert main(["train", "dien", "--data", dataset, *options, "--epochs", "1",
+                 "--model-option", "dim=4", "--model-option", "dnn_units=[8]",
+                 "--model-option", "attention_units=[8]", "--metrics-out", str(out),
+                 "--export-dir", str(tmp_path / "sm")]) == 0
+    m = json.loads(out.read_text())
+    for key in ("model", "dataset", "n_train", "n_test", "train_seconds",
+                "train_examples_per_sec", "auc", "logloss", "gauc"):
+        assert key in m, key
+    assert m["model"] == "dien" and m["dataset"] == dataset
+    # the export takes raw features and scores the test split exactly as the trained model did
+    from recsys_tf.data import load
+
+    opts = {"max_users": 300} if dataset == "amazon-beauty" else dict(
+        n_users=60, n_items=50, n_train=2000, n_test=400, seed=0)
+    ds = load(dataset, data_dir if dataset == "amazon-beauty" else None, **opts)
+    fn = tf.saved_model.load(m["export_path"]).signatures["serving_default"]
+    x = ds.feature_set.arrays(ds.test, list(fn.structured_input_signature[1]))
+    p = fn(**{k: tf.constant(v) for k, v in x.items()})["probability"].numpy()
+    y = ds.test[ds.feature_set.label].to_numpy()
+    assert metrics.auc(y, p) == pytest.approx(m["auc"], abs=1e-6)
+    assert metrics.logloss(y, p) == pytest.approx(m["logloss"], abs=1e-5)

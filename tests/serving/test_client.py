@@ -88,3 +88,351 @@ def test_unknown_user_gets_recommendations(server, tables):
         res = rec.recommend("user-never-seen", k=5)
     assert len(res.items) == 5 and res.degraded is None
     assert any("sent as unknown" in n for n in res.notes)
+
+
+# ---------------------------------------------------------------------------------------------
+# results, rules, diversity, exploration (against the shared session server)
+
+import asyncio  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+
+from recsys_tf.serving import rerank  # noqa: E402
+from recsys_tf.serving.client import (  # noqa: E402
+    Boost,
+    InMemoryItemStore,
+    RequestError,
+    Rules,
+    _CHANNELS,
+)
+from recsys_tf.serving.grpc_client import ServingClient  # noqa: E402
+
+
+class Counting:
+    """A ServingClient stand-in that counts metadata reads and Predict calls."""
+
+    def __init__(self, target):
+        self.real = ServingClient(target)
+        self.signature_calls, self.predicts = [], []
+
+    def signature(self, model, *args, **kwargs):
+        self.signature_calls.append((model, kwargs.get("refresh")))
+        return self.real.signature(model, *args, **kwargs)
+
+    def predict(self, model, inputs, **kwargs):
+        self.predicts.append(model)
+        return self.real.predict(model, inputs, **kwargs)
+
+
+def _user(ds, i=0):
+    u = ds.test.user_id.drop_duplicates().iloc[i]
+    return u, _context(ds, u)
+
+
+def test_client_imports_no_model_code():
+    """The client and everything it imports from the package hold no model code (checked on
+    the import statements, transitively within recsys_tf)."""
+    import ast
+    import importlib.util
+
+    todo, seen = ["recsys_tf.serving.client"], set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        tree = ast.parse(open(importlib.util.find_spec(name).origin).read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                mods = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            else:
+                continue
+            for m in mods:
+                if not m.startswith("recsys_tf"):
+                    continue
+                try:
+                    if importlib.util.find_spec(m) is not None:
+                        todo.append(m)
+                except ModuleNotFoundError:  # "from module import name": a name, not a module
+                    pass
+    assert "recsys_tf.serving.rerank" in seen and "recsys_tf.serving.codec" in seen
+    heavy = ("recsys_tf.models", "recsys_tf.layers", "recsys_tf.features", "recsys_tf.export",
+             "recsys_tf.training", "recsys_tf.backend")
+    assert not [m for m in seen if m.startswith(heavy)], sorted(seen)
+
+
+def test_result_explains_every_item(server, tables, tiny_synthetic):
+    u, ctx = _user(tiny_synthetic)
+    with Recommender(server, tables, ranker="deepfm") as rec:
+        res = rec.recommend(u, k=6, context=ctx, n_candidates=25, diversity=0.4)
+    assert res.degraded is None and res.failures == {} and res.retries == 0
+    assert res.models == {"retrieval": {"name": "two_tower", "version": 1},
+                          "ranker": {"name": "deepfm", "version": 1}}
+    for stage in ("user", "retrieval", "retrieval_build", "hydrate", "ranking", "ranking_build",
+                  "rerank", "total"):
+        assert res.timings_ms[stage] >= 0, stage
+    for pos, r in enumerate(res.items, 1):
+        why = r.reasons
+        assert why["retrieval_score"] == r.retrieval_score
+        assert why["ranking_score"] == r.ranking_score
+        assert r.final_score == r.ranking_score  # no calibration, blending or boosts asked for
+        assert why["mmr_position"] == pos and why["relevance_rank"] >= 1
+        assert why["mmr_penalty"] >= 0 if pos > 1 else why["mmr_penalty"] == 0
+    assert res.items[0].reasons["relevance_rank"] == 1
+    json.dumps(res.to_dict())  # plain JSON
+
+
+def test_business_rules_hand_checked(server, tables, tiny_synthetic):
+    """Exclusions, per-category caps, a boost, freshness and calibration, each visible in the
+    reasons and each recomputed here from the ranker's raw probability."""
+    ds = tiny_synthetic
+    u, ctx = _user(ds)
+    items = ds.items.set_index("item_id")
+    with Recommender(server, tables, ranker="deepfm") as rec:
+        plain = rec.recommend(u, k=10, context=ctx, n_candidates=40)
+        blocked = [plain.items[0].item_id, plain.items[1].item_id]
+        banned_cat = items.loc[plain.items[2].item_id, "category"]
+        # a category that survives the exclusions: with a cap of 2 and at most 5 categories
+        # left, every surviving category is in the top 10, so the boosted one shows
+        promo_cat = next(items.loc[r.item_id, "category"] for r in plain.items[3:]
+                         if items.loc[r.item_id, "category"] != banned_cat)
+        rules = Rules(exclude=tuple(blocked), exclude_values={"category": [banned_cat]},
+                      category_cap=2,
+                      boosts=(Boost("promo", factor=1.5, add=0.01, column="category",
+                                    values=(promo_cat,)),),
+                      freshness_column="freshness", freshness_half_life=50.0,
+                      freshness_strength=0.3, calibration=(2.0, 0.1))
+        res = rec.recommend(u, k=10, context=ctx, n_candidates=40, rules=rules)
+    assert res.degraded is None
+    ids = [r.item_id for r in res.items]
+    assert not set(blocked) & set(ids)
+    cats = [items.loc[i, "category"] for i in ids]
+    assert banned_cat not in cats
+    assert max(cats.count(c) for c in set(cats)) <= 2
+    assert any(c == promo_cat for c in cats)
+    for r, c in zip(res.items, cats):
+        p = r.ranking_score
+        cal = rerank.calibrate([p], temperature=2.0, bias=0.1)[0]
+        assert r.reasons["calibrated_score"] == pytest.approx(cal)
+        boosted = cal * 1.5 + 0.01 if c == promo_cat else cal
+        assert ("boosts" in r.reasons) == (c == promo_cat)
+        if c == promo_cat:
+            assert r.reasons["boosts"]["promo"] == pytest.approx(boosted - cal)
+        age = items.loc[r.item_id, "freshness"]
+        final = boosted * (1 + 0.3 * 0.5 ** (age / 50.0))
+        assert r.final_score == pytest.approx(final)
+        assert r.reasons["freshness_boost"] == pytest.approx(final - boosted)
+    # diversity 0 under caps: the best-scored items, in order, skipping full categories
+    finals = [r.final_score for r in res.items]
+    assert finals == sorted(finals, reverse=True)
+
+
+def test_blend_weight_mixes_retrieval_scores(server, tables, tiny_synthetic):
+    u, ctx = _user(tiny_synthetic, 1)
+    with Recommender(server, tables) as rec:
+        res = rec.recommend(u, k=30, context=ctx, n_candidates=30, blend_weight=0.3)
+    r = np.array([x.retrieval_score for x in res.items])
+    p = np.array([x.ranking_score for x in res.items])
+    # all 30 candidates come back, so min-max runs over exactly these
+    expect = rerank.blend(r, p, weight=0.3)
+    np.testing.assert_allclose([x.final_score for x in res.items], expect)
+    np.testing.assert_allclose([x.reasons["blended_score"] for x in res.items], expect)
+
+
+def test_full_diversity_by_category_spreads_categories(server, tables, tiny_synthetic):
+    u, ctx = _user(tiny_synthetic, 2)
+    with Recommender(server, tables, diversity_by="category") as rec:
+        res = rec.recommend(u, k=8, context=ctx, n_candidates=40, diversity=1.0)
+        pool = rec.recommend(u, k=40, context=ctx, n_candidates=40)
+    n_cats = len({r.category for r in pool.items})
+    first = [r.category for r in res.items[:n_cats]]
+    assert len(set(first)) == len(first)  # a new category as long as one is left
+    assert res.items[0].item_id == pool.items[0].item_id  # the first pick is the most relevant
+    assert all(r.reasons["mmr_penalty"] == 0 for r in res.items[:n_cats])
+    assert all(r.reasons["mmr_penalty"] == 1 for r in res.items[n_cats:])
+
+
+def test_exploration_is_seeded(server, tables, tiny_synthetic):
+    u, ctx = _user(tiny_synthetic)
+    with Recommender(server, tables) as rec:
+        a = rec.recommend(u, k=8, context=ctx, n_candidates=40, explore=0.05, seed=3)
+        b = rec.recommend(u, k=8, context=ctx, n_candidates=40, explore=0.05, seed=3)
+        others = [rec.recommend(u, k=8, context=ctx, n_candidates=40, explore=0.05, seed=s)
+                  for s in (4, 5, 6)]
+        greedy = rec.recommend(u, k=8, context=ctx, n_candidates=40)
+    ids = lambda res: [r.item_id for r in res.items]  # noqa: E731
+    assert ids(a) == ids(b)
+    assert any(ids(o) != ids(a) for o in others)
+    assert all(r.reasons["explored"] for r in a.items)
+    keys = [r.reasons["sampling_key"] for r in a.items]
+    assert keys == sorted(keys, reverse=True)  # drawn in Gumbel-key order
+    assert "explored" not in greedy.items[0].reasons
+
+
+def test_request_not_fitting_the_signature_fails_before_it_is_sent(server, tables, tiny_synthetic):
+    u, ctx = _user(tiny_synthetic)
+
+    class BadFreshness(InMemoryItemStore):
+        def get(self, item_ids):
+            out = super().get(item_ids)
+            out["freshness"] = np.array(["not a number"] * len(item_ids), dtype=object)
+            return out
+
+    key = "item_id"
+    store = BadFreshness.from_dir(tables, key)
+    counting = Counting(server)
+    rec = Recommender(server, tables, item_store=store, client=counting)
+    res = rec.recommend(u, k=5, context=ctx)
+    assert res.degraded == "ranker failed (INVALID_REQUEST): retrieval order"
+    assert "'freshness'" in res.failures["ranking"] and "deepfm" in res.failures["ranking"]
+    assert counting.predicts == ["two_tower"]  # the ranker's request never left the client
+    assert len(res.items) == 5 and all(r.ranking_score is None for r in res.items)
+
+    rec = Recommender(server, tables, item_store=store, client=counting, raise_errors=True)
+    with pytest.raises(RequestError) as err:
+        rec.recommend(u, k=5, context=ctx)
+    assert err.value.field == "freshness" and err.value.model == "deepfm"
+    # a context value of the wrong shape, named
+    with pytest.raises(RequestError, match="input 'hour'"):
+        rec.recommend(u, k=5, context=dict(ctx, hour=["20", "21"]))
+    assert counting.predicts.count("deepfm") == 0
+    # strict: a signature input the client has no value for is an error, not an unknown
+    strict = Recommender(server, tables, client=counting, strict=True, raise_errors=True)
+    with pytest.raises(RequestError, match="no value for this input"):
+        strict.recommend("user-never-seen", k=3)
+
+
+def test_signature_read_once_and_cached(server, tables, tiny_synthetic):
+    u, ctx = _user(tiny_synthetic)
+    counting = Counting(server)
+    with Recommender(server, tables, client=counting) as rec:
+        for _ in range(3):
+            rec.recommend(u, k=3, context=ctx, n_candidates=10)
+    assert [m for m, _ in counting.signature_calls] == ["two_tower", "deepfm"]
+    assert counting.predicts == ["two_tower", "deepfm"] * 3
+    counting = Counting(server)
+    with Recommender(server, tables, client=counting, metadata_ttl=0) as rec:
+        for _ in range(2):
+            rec.recommend(u, k=3, context=ctx, n_candidates=10)
+    assert counting.signature_calls == [("two_tower", False), ("deepfm", False),
+                                        ("two_tower", True), ("deepfm", True)]
+
+
+def test_recommend_many_and_asyncio_match_one_by_one(server, tables, tiny_synthetic):
+    ds = tiny_synthetic
+    users = ds.test.user_id.drop_duplicates().head(6).tolist()
+    ctxs = [_context(ds, u) for u in users]
+    with Recommender(server, tables, max_workers=3) as rec:
+        one = [rec.recommend(u, k=5, context=c, diversity=0.2) for u, c in zip(users, ctxs)]
+        many = rec.recommend_many(users, ctxs, k=5, diversity=0.2)
+
+        async def run():
+            return await asyncio.gather(*(rec.arecommend(u, k=5, context=c, diversity=0.2)
+                                          for u, c in zip(users, ctxs)))
+
+        both = asyncio.run(run())
+    ids = lambda rs: [[r.item_id for r in res.items] for res in rs]  # noqa: E731
+    assert ids(many) == ids(one) == ids(both)
+    assert [r.user_id for r in many] == users
+
+
+def test_one_channel_per_target_shared_across_recommenders(server, tables):
+    a = Recommender(server, tables)
+    b = Recommender(server, tables, ranker=None)
+    assert a.client is b.client and _CHANNELS.open_targets()[server] >= 2
+    res = b.recommend("u1", k=4)  # ranker=None: retrieval order, not degraded
+    assert res.degraded is None and all(r.ranking_score is None for r in res.items)
+    a.close()
+    b.close()
+    b.close()  # idempotent
+    assert server not in _CHANNELS.open_targets()
+
+
+def test_debug_logs_requests(server, tables, tiny_synthetic, caplog):
+    u, ctx = _user(tiny_synthetic)
+    with caplog.at_level(logging.INFO, logger="recsys_tf.client"):
+        with Recommender(server, tables, debug=True) as rec:
+            rec.recommend(u, k=3, context=ctx, n_candidates=10)
+    text = caplog.text
+    assert "Predict two_tower" in text and "Predict deepfm" in text
+    assert "history:string[10, 20]" in text and "k:int32[]=" in text
+    assert "timings ms" in text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="recsys_tf.client"):
+        with Recommender(server, tables) as rec:
+            rec.recommend(u, k=3, context=ctx, n_candidates=10)
+    assert "Predict" not in caplog.text
+
+
+def test_query_embedding_signature_searched_locally(server, tables, tiny_synthetic):
+    """A retrieval signature that returns only the query embedding: the client searches the
+    exported item embeddings itself, and finds what the served brute-force index finds."""
+    u, ctx = _user(tiny_synthetic)
+    with Recommender(server, tables, ranker=None) as served, \
+            Recommender(server, tables, ranker=None,
+                        retrieval_signature="query_embedding") as local:
+        a = served.recommend(u, k=10, context=ctx, n_candidates=10)
+        b = local.recommend(u, k=10, context=ctx, n_candidates=10)
+    assert b.degraded is None
+    assert [r.item_id for r in a.items] == [r.item_id for r in b.items]
+    np.testing.assert_allclose([r.retrieval_score for r in a.items],
+                               [r.retrieval_score for r in b.items], rtol=1e-5)
+
+
+def test_pinned_ranker_versions(server, tables, tiny_synthetic):
+    u, ctx = _user(tiny_synthetic)
+    with Recommender(server, tables, ranker_version=1) as rec:
+        res = rec.recommend(u, k=3, context=ctx)
+    assert res.degraded is None and res.models["ranker"]["version"] == 1
+    with Recommender(server, tables, ranker_version=7) as rec:
+        res = rec.recommend(u, k=3, context=ctx)
+    assert res.degraded == "ranker failed (NOT_FOUND): retrieval order"
+    with Recommender(server, tables, ranker_label="canary") as rec:
+        res = rec.recommend(u, k=3, context=ctx)
+    assert res.degraded == "ranker failed (INVALID_ARGUMENT): retrieval order"
+    assert "canary" in res.failures["ranking"]
+
+
+def test_in_memory_item_store_unknown_ids_and_popularity():
+    rows = [{"id": "a", "cat": "x", "age": 1.5, "popularity": 3},
+            {"id": "b", "cat": "y", "age": None, "popularity": 9},
+            {"id": "c", "cat": "x", "age": 4.0, "popularity": 5}]
+    store = InMemoryItemStore(rows, "id", embeddings=np.eye(3))
+    got = store.get(["c", "zz", "a"])
+    assert got["cat"].tolist() == ["x", None, "x"]
+    np.testing.assert_array_equal(got["age"], [4.0, np.nan, 1.5])
+    assert got["popularity"].tolist() == [5, None, 3]
+    np.testing.assert_array_equal(store.vectors(["b", "zz"]), [[0, 1, 0], [0, 0, 0]])
+    assert store.popular(2) == ["b", "c"] and store.popular(5, exclude={"c"}) == ["b", "a"]
+    assert store.normalise_many(np.array([b"a", b"c"], dtype=object)) == ["a", "c"]
+    assert store.size == 3
+    ints = InMemoryItemStore([{"id": 7}, {"id": 9}], "id")
+    assert ints.normalise_many(np.array([9, 7])) == [9, 7]
+    assert ints.normalise(b"7") == 7
+    with pytest.raises(ValueError, match="duplicate"):
+        InMemoryItemStore(rows + rows[:1], "id")
+
+
+def test_scann_retrieval_model(server, trained, tiny_synthetic):
+    """two_tower_scann (ScaNN ops inside the SavedModel) through the same client; its model
+    card's index_k caps what the client asks for."""
+    scann_path = trained["two_tower"][0].get("scann_export_path")
+    if not scann_path:
+        pytest.skip("ScaNN is not installed: no two_tower_scann export")
+    scann_tables = os.path.join(scann_path, "assets.extra")
+    u, ctx = _user(tiny_synthetic)
+    with Recommender(server, scann_tables, retrieval_model="two_tower_scann",
+                     ranker=None) as rec, \
+            Recommender(server, scann_tables, ranker=None) as exact:
+        assert rec.max_retrieval_k == 50  # min(n_items, 1000) in the tiny export
+        a = rec.recommend(u, k=10, context=ctx, n_candidates=10)
+        b = exact.recommend(u, k=10, context=ctx, n_candidates=10)
+    assert a.degraded is None and a.models["retrieval"]["name"] == "two_tower_scann"
+    overlap = len({r.item_id for r in a.items} & {r.item_id for r in b.items})
+    assert overlap >= 8  # tuned for recall@10 >= 0.95 against exact search
+    with Recommender(server, scann_tables, retrieval_model="two_tower_scann", ranker=None,
+                     max_retrieval_k=12) as rec:
+        res = rec.recommend(u, k=10, context=ctx, n_candidates=40)
+    assert res.degraded is None and max(r.reasons["retrieval_rank"] for r in res.items) <= 12

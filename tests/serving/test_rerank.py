@@ -17,6 +17,8 @@ from recsys_tf.serving.rerank import (
     filter_mask,
     freshness_boost,
     mmr,
+    perturb,
+    redundancy,
 )
 
 
@@ -233,6 +235,18 @@ def test_category_cap_errors():
         category_cap([0.5], ["a"], cap=1)
 
 
+def test_category_cap_per_category_mapping_hand():
+    cats = ["a", "b", "a", "a", "c", "b"]
+    order = [3, 0, 1, 2, 5, 4]  # categories along the order: a a b a b c
+    # only "a" capped (at 1): the second and third "a" go, b and c are uncapped
+    assert category_cap(order, cats, cap={"a": 1}).tolist() == [3, 1, 5, 4]
+    # unlisted categories take the default cap
+    assert category_cap(order, cats, cap={"a": 1}, default=0).tolist() == [3]
+    assert category_cap(order, cats, cap={"b": 0, "c": 5}, default=2).tolist() == [3, 0, 4]
+    with pytest.raises(ValueError, match="cap for category 'a' must be a non-negative integer"):
+        category_cap(order, cats, cap={"a": -1})
+
+
 # --------------------------------------------------------------------------- mmr
 
 
@@ -323,6 +337,100 @@ def test_mmr_errors():
         mmr([0.1], -1)
 
 
+def naive_capped_mmr(scores, k, diversity, sim, cats, cap):
+    """Textbook MMR that skips an item once its category holds ``cap`` picks."""
+    s = np.asarray(scores, float)
+    rel = (s - s.min()) / (s.max() - s.min())
+    chosen, count = [], {}
+    for _ in range(min(k, len(s))):
+        best, best_val = None, -np.inf
+        for i in range(len(s)):
+            if i in chosen or count.get(cats[i], 0) >= cap:
+                continue
+            pen = max(sim[i, j] for j in chosen) if chosen else 0.0
+            val = (1 - diversity) * rel[i] - diversity * pen
+            if val > best_val:
+                best, best_val = i, val
+        if best is None:
+            break
+        chosen.append(best)
+        count[cats[best]] = count.get(cats[best], 0) + 1
+    return chosen
+
+
+def test_mmr_with_category_caps_hand():
+    scores = [1.0, 0.9, 0.8, 0.5, 0.0]  # rel = 1, 0.9, 0.8, 0.5, 0
+    cats = ["a", "a", "a", "b", "b"]
+    # no diversity: the relevance order under the cap (the third "a" is skipped)
+    assert mmr(scores, 4, categories=cats, cap=2).tolist() == [0, 1, 3, 4]
+    # d = 0.5, cap 1: pick 0 (a is now full, 1 and 2 are out); then 3 (0.25) over 4 (0);
+    # then b is full too: only two items can be returned.
+    assert mmr(scores, 4, diversity=0.5, categories=cats, cap=1).tolist() == [0, 3]
+    # per-category caps: only "a" capped at 2 -> the greedy skips item 2 only
+    assert mmr(scores, 5, categories=cats, cap={"a": 2}).tolist() == [0, 1, 3, 4]
+
+
+def test_mmr_caps_count_their_own_categories():
+    scores = [1.0, 0.8, 0.6, 0.0]
+    emb = [[1.0, 0.0], [2.0, 0.0], [0.0, 1.0], [1.0, 1.0]]  # uncapped: [0, 2, 1, 3]
+    caps_by = ["x", "y", "y", "x"]
+    # pick 0 (x full: 3 out); step 2: item1 0.4 - 0.5 = -0.1 < item2 0.3 -> 2 (y full) -> done
+    assert mmr(scores, 4, diversity=0.5, embeddings=emb, cap=1,
+               cap_categories=caps_by).tolist() == [0, 2]
+    # only y capped: after 0 and 2, item 1 is out and item 3 (0 - 0.5 / sqrt 2) comes last
+    assert mmr(scores, 4, diversity=0.5, embeddings=emb, cap={"y": 1},
+               cap_categories=caps_by).tolist() == [0, 2, 3]
+
+
+def test_mmr_caps_match_references():
+    rng = np.random.default_rng(11)
+    for trial in range(4):
+        n = 40
+        s = rng.normal(size=n)
+        cats = rng.integers(0, 4, n)
+        sim = (cats[:, None] == cats[None, :]).astype(float)
+        for cap in (1, 3):
+            assert mmr(s, 12, diversity=0.4, categories=cats, cap=cap).tolist() == \
+                naive_capped_mmr(s, 12, 0.4, sim, cats, cap)
+            assert mmr(s, 12, categories=cats, cap=cap).tolist() == \
+                category_cap(np.argsort(-s, kind="stable"), cats, cap)[:12].tolist()
+
+
+def test_mmr_cap_errors():
+    with pytest.raises(ValueError, match="cap= needs categories= or cap_categories="):
+        mmr([0.1, 0.2], 2, cap=1)
+    with pytest.raises(ValueError, match="scores has 2 elements but cap_categories has 1"):
+        mmr([0.1, 0.2], 2, cap=1, cap_categories=["a"])
+
+
+# --------------------------------------------------------------------------- redundancy
+
+
+def test_redundancy_hand():
+    # item 2 ("b") shares nothing with item 0 ("a"); item 1 ("a") repeats item 0's category
+    assert redundancy([0, 2, 1], categories=["a", "a", "b"]).tolist() == [0.0, 0.0, 1.0]
+    h = 1 / np.sqrt(2)
+    emb = [[1.0, 0.0], [2.0, 0.0], [0.0, 1.0], [1.0, 1.0]]
+    np.testing.assert_allclose(redundancy([0, 2, 1, 3], embeddings=emb), [0, 0, 1, h])
+    assert redundancy([], categories=[]).tolist() == []
+    with pytest.raises(ValueError, match="needs embeddings= or categories="):
+        redundancy([0])
+
+
+def test_redundancy_is_the_penalty_mmr_weighed():
+    rng = np.random.default_rng(2)
+    s, e, div = rng.normal(size=30), rng.normal(size=(30, 5)), 0.6
+    order = mmr(s, 8, diversity=div, embeddings=e)
+    pen = redundancy(order, embeddings=e)
+    rel = (s - s.min()) / (s.max() - s.min())
+    en = e / np.linalg.norm(e, axis=1, keepdims=True)
+    for p in range(1, len(order)):  # the pick beat every other remaining item on the objective
+        rest = [i for i in range(30) if i not in order[:p + 1]]
+        best_other = max((1 - div) * rel[i] - div * max(en[i] @ en[j] for j in order[:p])
+                         for i in rest)
+        assert (1 - div) * rel[order[p]] - div * pen[p] >= best_other - 1e-12
+
+
 # --------------------------------------------------------------------------- explore
 
 
@@ -355,6 +463,17 @@ def test_explore_first_draw_follows_softmax():
     second = [b for a, b in pair if a == 2]
     p1 = p[1] / (p[0] + p[1])
     assert np.mean(np.array(second) == 1) == pytest.approx(p1, abs=0.04)
+
+
+def test_perturb_is_the_sampling_keys_of_explore():
+    s = np.linspace(0, 1, 20)
+    keys = perturb(s, temperature=0.5, seed=7)
+    assert explore(s, 6, temperature=0.5, seed=7).tolist() == \
+        np.argsort(-keys, kind="stable")[:6].tolist()
+    assert perturb(s, temperature=0, seed=7).tolist() == s.tolist()
+    assert perturb(s, 0.5, seed=7).tolist() == keys.tolist()
+    with pytest.raises(ValueError, match="temperature must be a finite number >= 0"):
+        perturb(s, temperature=np.inf)
 
 
 def test_explore_errors():

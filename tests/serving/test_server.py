@@ -223,7 +223,11 @@ def test_unknown_model_and_version_not_found(stub):
                   "Servable not found for request: Latest(nope)", stub=stub)
     _expect_error(stub.Predict, _request(version=7), grpc.StatusCode.NOT_FOUND,
                   "Servable not found for request: Specific(toy, 7)", stub=stub)
-    _expect_error(stub.Predict, _request(model=""), grpc.StatusCode.INVALID_ARGUMENT,
+    # TF Serving: an empty name is just a name no model has; no ModelSpec at all is invalid
+    _expect_error(stub.Predict, _request(model=""), grpc.StatusCode.NOT_FOUND, stub=stub)
+    no_spec = predict_pb2.PredictRequest()
+    no_spec.inputs["x"].CopyFrom(codec.to_tensor_proto(GOOD["x"]))
+    _expect_error(stub.Predict, no_spec, grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec",
                   stub=stub)
 
 
@@ -258,7 +262,7 @@ def test_bad_shape(stub):
 
 def test_unknown_signature(stub):
     _expect_error(stub.Predict, _request(signature="nope"), grpc.StatusCode.FAILED_PRECONDITION,
-                  'Serving signature name: "nope" not found in signature def', stub=stub)
+                  'Serving signature key "nope" not found.', stub=stub)
 
 
 def test_execution_errors_are_invalid_argument(stub):
@@ -273,7 +277,8 @@ def test_execution_errors_are_invalid_argument(stub):
 def test_malformed_tensor_is_invalid_argument(stub):
     req = _request()
     req.inputs["x"].tensor_content = b"\x00" * 3
-    _expect_error(stub.Predict, req, grpc.StatusCode.INVALID_ARGUMENT, "'x'", stub=stub)
+    _expect_error(stub.Predict, req, grpc.StatusCode.INVALID_ARGUMENT, "tensor parsing error: x",
+                  stub=stub)
 
 
 def test_classify_is_unimplemented(stub):
@@ -481,6 +486,10 @@ def _write_warmup(version_dir):
         writer.write(entry.SerializeToString())
 
 
+def _available(client, model):
+    return sorted(v for v, state in client.status(model).items() if state == "AVAILABLE")
+
+
 def test_hot_swap_reload_poll_and_config_reload(model_root, tmp_path, caplog):
     base = tmp_path / "toy"
     shutil.copytree(model_root / "toy" / "2", base / "2")
@@ -496,8 +505,10 @@ def test_hot_swap_reload_poll_and_config_reload(model_root, tmp_path, caplog):
                 assert srv.reload() == {"toy": [3]}
             assert any("version 3" in r.message and "1 warmup" in r.message
                        for r in caplog.records)
+            assert any("unloaded model toy version 2" in r.message for r in caplog.records)
             assert c.predict("toy", GOOD)["version"].tolist() == [1, 1]  # v1's weights
-            assert c.status("toy") == {3: "AVAILABLE"}
+            # as TF Serving's state monitor does, a version that was let go stays as END
+            assert c.status("toy") == {3: "AVAILABLE", 2: "END"}
             # polling picks up the next one by itself
             shutil.copytree(model_root / "toy" / "2", base / "4")
             deadline = time.time() + 10
@@ -508,19 +519,24 @@ def test_hot_swap_reload_poll_and_config_reload(model_root, tmp_path, caplog):
             (base / "5").mkdir()
             (base / "5" / "saved_model.pb").write_bytes(b"garbage")
             srv.reload()
-            assert c.status("toy")[4] == "AVAILABLE"
+            assert _available(c, "toy") == [4]
             assert c.status("toy")[5] == "END"
             assert c.predict("toy", GOOD)["version"].tolist() == [2, 2]
-            srv.reload()  # unchanged: not retried
+            with grpc.insecure_channel(srv.target) as channel:
+                status = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(
+                    _status_request(version=5), timeout=10).model_version_status[0]
+            assert status.status.error_code != 0 and status.status.error_message
+            srv.reload()  # unchanged: not retried before the retry interval
             assert c.status("toy")[5] == "END"
             shutil.rmtree(base / "5")  # fixed in place: loaded on the next scan
             shutil.copytree(model_root / "toy" / "1", base / "5")
             assert srv.reload() == {"toy": [5]}
-            assert c.status("toy") == {5: "AVAILABLE"}
-            # ModelService.HandleReloadConfigRequest swaps the model list
+            assert _available(c, "toy") == [5]
+            # ModelService.HandleReloadConfigRequest swaps the model list ...
+            shutil.copytree(model_root / "other", tmp_path / "other")
             request = model_management_pb2.ReloadConfigRequest()
             entry = request.config.model_config_list.config.add()
-            entry.name, entry.base_path = "other", str(model_root / "other")
+            entry.name, entry.base_path = "other", str(tmp_path / "other")
             with grpc.insecure_channel(srv.target) as channel:
                 model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest(
                     request, timeout=30)
@@ -528,6 +544,15 @@ def test_hot_swap_reload_poll_and_config_reload(model_root, tmp_path, caplog):
             with pytest.raises(grpc.RpcError) as info:
                 c.predict("toy", GOOD)
             assert info.value.code() == grpc.StatusCode.NOT_FOUND
+            # ... but cannot point the server outside its model root
+            entry.base_path = str(model_root / "other")
+            with grpc.insecure_channel(srv.target) as channel:
+                with pytest.raises(grpc.RpcError) as info:
+                    model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest(
+                        request, timeout=30)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "outside the model root" in info.value.details()
+            assert srv.models() == {"other": [1]}
     finally:
         srv.stop()
 
@@ -582,3 +607,241 @@ def test_scann_saved_model_served_from_a_fresh_process(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+# --------------------------------------------------------------------------- safety, TLS, REST
+def _self_signed(tmp_path):
+    """A throwaway certificate for 127.0.0.1/localhost and its key, as PEM files."""
+    crypto = pytest.importorskip("cryptography")  # noqa: F841
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    key_pem = key.private_bytes(serialization.Encoding.PEM,
+                                serialization.PrivateFormat.TraditionalOpenSSL,
+                                serialization.NoEncryption())
+    (tmp_path / "cert.pem").write_bytes(cert_pem)
+    (tmp_path / "key.pem").write_bytes(key_pem)
+    return tmp_path / "cert.pem", tmp_path / "key.pem", cert_pem, key_pem
+
+
+def test_tls_grpc_and_rest(model_root, tmp_path):
+    import json
+    import ssl
+    import urllib.request
+
+    cert, key, cert_pem, key_pem = _self_signed(tmp_path)
+    ssl_config = tmp_path / "ssl.config"  # TF Serving's SSLConfig text proto
+    ssl_config.write_text(f"server_key: {json.dumps(key_pem.decode())}\n"
+                          f"server_cert: {json.dumps(cert_pem.decode())}\n")
+    for kwargs in ({"ssl_config_file": str(ssl_config)},
+                   {"ssl_cert_file": str(cert), "ssl_key_file": str(key)}):
+        with ModelServer(model_name="other", model_base_path=str(model_root / "other"), port=0,
+                         rest_api_port=0, **kwargs) as srv:
+            creds = grpc.ssl_channel_credentials(root_certificates=cert_pem)
+            with grpc.secure_channel(srv.target, creds) as channel:
+                stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+                response = stub.Predict(_request("other", {"x": np.array([1.0], np.float32)}),
+                                        timeout=10)
+                assert codec.to_ndarray(response.outputs["y"]).tolist() == [101.0]
+            with grpc.insecure_channel(srv.target) as plain:  # plaintext is refused
+                with pytest.raises(grpc.RpcError):
+                    prediction_service_pb2_grpc.PredictionServiceStub(plain).Predict(
+                        _request("other", {"x": np.array([1.0], np.float32)}), timeout=5)
+            context = ssl.create_default_context(cadata=cert_pem.decode())
+            with urllib.request.urlopen(f"https://{srv.rest_target}/v1/models/other",
+                                        context=context, timeout=10) as resp:
+                assert json.loads(resp.read())["model_version_status"][0]["state"] == \
+                    "AVAILABLE"
+
+
+def test_names_and_paths_cannot_escape_the_model_root(model_root, tmp_path):
+    import os
+
+    outside = tmp_path / "outside"
+    shutil.copytree(model_root / "other" / "1", outside / "1")
+    served = tmp_path / "models"
+    shutil.copytree(model_root / "other", served / "good")
+    (served / "linked").mkdir()
+    os.symlink(outside / "1", served / "linked" / "1")  # a version that points outside
+    (served / ".hidden").mkdir()
+    shutil.copytree(model_root / "other" / "1", served / ".hidden" / "1")
+    config = tmp_path / "models.config"
+    config.write_text(f'model_config_list {{ config {{ name: "good" base_path: "{served}/good" }}'
+                      f' config {{ name: "linked" base_path: "{served}/linked" }} }}')
+    srv = ModelServer(model_config_file=str(config), port=0)
+    try:
+        assert srv.reload() == {"good": [1], "linked": []}
+        root = ModelServer(model_base_path=str(served), port=0)
+        assert root.reload() == {"good": [1], "linked": []}  # no ".hidden" model either
+        for name in ("../x", "a/b", "..", "", "a b"):
+            bad = tmp_path / "bad.config"
+            bad.write_text(f'model_config_list {{ config {{ name: "{name}" '
+                           f'base_path: "{served}/good" }} }}')
+            with pytest.raises(ValueError):
+                ModelServer(model_config_file=str(bad))
+        with pytest.raises(ValueError, match="outside the model root"):
+            srv.reload_config(f'model_config_list {{ config {{ name: "x" base_path: "/etc" }} }}')
+        with pytest.raises(ValueError, match="outside the model root"):
+            srv.reload_config(f'model_config_list {{ config {{ name: "x" '
+                              f'base_path: "{served}/../outside" }} }}')
+    finally:
+        srv.stop()
+
+
+def test_rest_api_metrics_and_request_size_cap(model_root):
+    import json
+    import urllib.error
+    import urllib.request
+
+    with ModelServer(model_base_path=str(model_root), port=0, rest_api_port=0,
+                     max_message_bytes=64 * 1024) as srv:
+        base = f"http://{srv.rest_target}"
+
+        def post(path, body):
+            req = urllib.request.Request(base + path, data=body, method="POST")
+            try:
+                with urllib.request.urlopen(req, timeout=10) as resp:
+                    return resp.status, json.loads(resp.read())
+            except urllib.error.HTTPError as exc:
+                return exc.code, json.loads(exc.read())
+
+        status, body = post("/v1/models/toy:predict", json.dumps(
+            {"instances": [{"user_id": "ab", "x": 1.0}, {"user_id": "c", "x": 2.0}]}).encode())
+        assert status == 200 and [p["score"] for p in body["predictions"]] == [4.0, 5.0]
+        assert body["predictions"][0]["user"] == "ab"
+        status, body = post("/v1/models/toy:predict", json.dumps(
+            {"signature_name": "pairs", "inputs": {"ids": [[1, 2], [3, 4]]}}).encode())
+        assert status == 200 and body == {"outputs": [3, 7]}
+        status, body = post("/v1/models/toy:predict", b"x" * (64 * 1024 + 1))
+        assert status == 413 and "exceeds" in body["error"]
+        status, body = post("/v1/models/toy:predict", b"{")
+        assert status == 400 and body["error"].startswith("JSON Parse error")
+        with grpc.insecure_channel(srv.target) as channel:  # gRPC messages are capped too
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            big = {"user_id": np.array(["a"] * 20000), "x": np.ones(20000, np.float32)}
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Predict(_request(inputs=big), timeout=10)
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            stub.Predict(_request(), timeout=10)
+        with urllib.request.urlopen(base + "/monitoring/prometheus/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        assert ':tensorflow:serving:request_count{model_name="toy",status="OK"}' in text
+        assert 'request_latency_bucket{model_name="toy",API="predict",entrypoint="REST"' in text
+        assert 'request_latency_bucket{model_name="toy",API="predict",entrypoint="GRPC"' in text
+        assert ":tensorflow:cc:saved_model:load_attempt_count" in text
+
+
+def test_config_file_poll_adds_and_removes_models(model_root, tmp_path):
+    shutil.copytree(model_root / "toy", tmp_path / "toy")
+    shutil.copytree(model_root / "other", tmp_path / "other")
+    config = tmp_path / "models.config"
+    config.write_text('model_config_list { config { name: "toy" base_path: "toy" } }')
+    srv = ModelServer(model_config_file=str(config), port=0,
+                      model_config_file_poll_wait_seconds=0.2)
+    srv.start()
+    try:
+        assert srv.models() == {"toy": [2]}
+        config.write_text('model_config_list { config { name: "other" base_path: "other" } '
+                          'config { name: "toy" base_path: "toy" '
+                          'model_version_policy { all {} } } }')
+        deadline = time.time() + 15
+        while srv.models() != {"other": [1], "toy": [1, 2]} and time.time() < deadline:
+            time.sleep(0.05)
+        assert srv.models() == {"other": [1], "toy": [1, 2]}
+        config.write_text("this is not a config")  # a broken edit is ignored, not applied
+        time.sleep(0.6)
+        assert srv.models() == {"other": [1], "toy": [1, 2]}
+    finally:
+        srv.stop()
+
+
+def test_failing_warmup_fails_the_load(model_root, tmp_path):
+    base = tmp_path / "toy"
+    shutil.copytree(model_root / "toy" / "1", base / "1")
+    shutil.copytree(model_root / "toy" / "2", base / "2")
+    extra = base / "2" / "assets.extra"
+    extra.mkdir(exist_ok=True)
+    entry = prediction_log_pb2.PredictionLog()
+    entry.predict_log.request.CopyFrom(_request(inputs={"x": np.ones(2, np.float32)}))
+    with tf.io.TFRecordWriter(str(extra / "tf_serving_warmup_requests")) as writer:
+        writer.write(entry.SerializeToString())  # misses an input: version 2 must not serve
+    srv = ModelServer(model_name="toy", model_base_path=str(base), port=0, version_policy="all")
+    try:
+        assert srv.reload() == {"toy": [1]}
+        response = srv.get_model_status(_status_request())
+        states = {s.version: (s.state, s.status.error_message) for s in
+                  response.model_version_status}
+        assert states[2][0] == get_model_status_pb2.ModelVersionStatus.END
+        assert "warmup" in states[2][1]
+    finally:
+        srv.stop()
+
+
+def test_serve_help_documents_tf_serving_flags():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "recsys_tf.cli", "serve", "--help"],
+                         capture_output=True, text=True, timeout=120).stdout
+    for flag in ("--port", "--rest_api_port", "--model_config_file", "--model_base_path",
+                 "--model_name", "--file_system_poll_wait_seconds", "--enable_batching",
+                 "--batching_parameters_file", "--tensorflow_session_parallelism",
+                 "--tensorflow_intra_op_parallelism", "--tensorflow_inter_op_parallelism",
+                 "--grpc_max_threads", "--rest_api_num_threads", "--ssl_config_file",
+                 "--monitoring_config_file", "--model_config_file_poll_wait_seconds",
+                 "--enable_model_warmup", "--max_message_bytes", "--host", "--model_root",
+                 "--rest-api-port", "--model-config"):
+        assert flag in out, flag
+
+
+def test_deployment_bundle_parses_as_tf_serving_reads_it():
+    """serving/*.config are the text protos TF Serving reads; every exported model is listed."""
+    import os
+
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    from recsys_tf.serving import protos
+    from recsys_tf.serving.batching import BatchingOptions
+
+    folder = os.path.join(os.path.dirname(__file__), "..", "..", "serving")
+    names = {}
+    for config in ("models", "rankers", "retrieval", "scann"):
+        parsed = text_format.Parse(open(os.path.join(folder, f"{config}.config")).read(),
+                                   model_server_config_pb2.ModelServerConfig())
+        names[config] = {c.name for c in parsed.model_config_list.config}
+        for c in parsed.model_config_list.config:
+            assert c.base_path == f"/models/{c.name}" and c.model_platform == "tensorflow"
+    everything = {"two_tower", "two_tower_scann", "deepfm", "wide_deep", "xdeepfm", "dcn_v2",
+                  "dien"}
+    assert names["models"] == everything
+    assert names["rankers"] | names["retrieval"] | names["scann"] == everything
+    assert names["retrieval"] == {"two_tower"} and names["scann"] == {"two_tower_scann"}
+    text = open(os.path.join(folder, "batching.config")).read()
+    batching = BatchingOptions.from_proto(text_format.Parse(text, protos.BatchingParameters()))
+    assert batching.max_batch_size >= 100 and batching.num_batch_threads >= 1
+    monitoring = text_format.Parse(open(os.path.join(folder, "monitoring.config")).read(),
+                                   protos.MonitoringConfig())
+    assert monitoring.prometheus_config.enable
+    compose = open(os.path.join(folder, "docker-compose.yml")).read()
+    for needle in ("tensorflow/serving", "--enable_batching=true", "127.0.0.1:8500:8500",
+                   "../saved_models:/models:ro", "context: ./scann"):
+        assert needle in compose, needle

@@ -1,0 +1,436 @@
+"""Latency of the recommendation client: retrieve 500 -> rank 500 -> MMR to the top 10.
+
+Measured through the bundled server on 127.0.0.1 (a separate process, as in production) and,
+side by side in the same run, the same ``Recommender`` pipeline run in-process on the same
+SavedModels (no gRPC, no TensorProto codec: the signatures are called directly). Rankers:
+DCN-v2 and DeepFM; concurrency 1, 4 and 16 (threads sharing one Recommender, so one gRPC
+channel). The two modes alternate in rounds so that load from elsewhere on the machine falls
+on both alike.
+
+Reported per (ranker, mode, concurrency): end-to-end latency p50/p99 (wall clock around
+``recommend``), throughput, and p50/p99 of each stage from ``Result.timings_ms``; at
+concurrency 1 also the client's own overhead per request: building requests from the
+signatures, the TensorProto codec (timed by wrapping ``codec.to_tensor_proto`` /
+``codec.to_ndarray``), hydration and re-ranking.
+
+    python benchmarks/client.py                    # full run (trains the models once, cached)
+    python benchmarks/client.py --quick            # a smoke run: small models, few requests
+
+Writes ``benchmarks/results/client.json`` and ``benchmarks/results/client.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import recsys_tf  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(HERE, "results")
+STAGES = ("retrieval", "hydrate", "ranking", "rerank")
+TARGETS = {"e2e_p50_ms": 10.0, "e2e_p99_ms": 25.0, "overhead_p50_ms": 1.0}
+
+
+# ------------------------------------------------------------------------------ models
+def _config(quick):
+    if quick:
+        return {"data": dict(n_users=500, n_items=1000, n_train=20000, n_test=4000, seed=0),
+                "two_tower": {"epochs": 1, "options": {"dim": 16, "hidden": [32]}},
+                "dcn_v2": {"epochs": 1, "options": {"dim": 8, "dnn_units": [64, 32]}},
+                "deepfm": {"epochs": 1, "options": {"dim": 8, "dnn_units": [64, 32]}}}
+    # the rankers' shape follows the serving floor in the design notes: 16-d embeddings,
+    # 3 cross layers, MLP 256-128
+    return {"data": dict(n_users=2000, n_items=1000, n_train=60000, n_test=15000, seed=0),
+            "two_tower": {"epochs": 2, "options": {"dim": 32, "hidden": [64]}},
+            "dcn_v2": {"epochs": 1, "options": {"dim": 16, "cross_layers": 3,
+                                                "dnn_units": [256, 128]}},
+            "deepfm": {"epochs": 1, "options": {"dim": 16, "dnn_units": [256, 128]}}}
+
+
+def prepare(models_dir, quick, say):
+    """Train and export the three models once (reused while the config is unchanged)."""
+    from recsys_tf import data
+    from recsys_tf.cli import train
+
+    config = _config(quick)
+    ds = data.load("synthetic", None, **config["data"])
+    stamp = os.path.join(models_dir, "config.json")
+    if os.path.exists(stamp) and json.load(open(stamp)) == config:
+        say(f"reusing the exported models in {models_dir}")
+        return ds, config
+    if os.path.exists(models_dir):
+        import shutil
+
+        shutil.rmtree(models_dir)
+    os.makedirs(models_dir)
+    for name in ("two_tower", "dcn_v2", "deepfm"):
+        c = config[name]
+        t = time.perf_counter()
+        metrics, _ = train(name, ds, epochs=c["epochs"], export_dir=models_dir, verbose=0,
+                           options=c["options"])
+        key = "recall_at_100" if name == "two_tower" else "auc"
+        say(f"trained {name} in {time.perf_counter() - t:.0f} s ({key} {metrics[key]:.3f})")
+    json.dump(config, open(stamp, "w"))
+    return ds, config
+
+
+# ------------------------------------------------------------------------------ serving
+def start_server(models_dir, say):
+    """The bundled server in its own process, on an ephemeral 127.0.0.1 port."""
+    proc = subprocess.Popen([sys.executable, "-m", "recsys_tf.cli", "serve", "--model-base-path",
+                             models_dir, "--host", "127.0.0.1", "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    deadline = time.monotonic() + 300
+    for line in proc.stdout:
+        m = re.search(r"serving (?:gRPC )?on (\S+?:\d+)", line)
+        if m:
+            say(f"server pid {proc.pid} on {m.group(1)}")
+            threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
+            return proc, m.group(1)
+        if time.monotonic() > deadline:
+            break
+    proc.kill()
+    raise RuntimeError("the server did not start")
+
+
+class LocalModels:
+    """The ``ServingClient`` calls the Recommender makes, answered in-process by the
+    SavedModels' signatures: the same pipeline without gRPC and without the codec."""
+
+    def __init__(self, models_dir):
+        from recsys_tf.backend import tf
+
+        self.tf, self.dir = tf, models_dir
+        self._loaded = {}
+        self._lock = threading.Lock()
+
+    def _load(self, model):
+        with self._lock:
+            if model not in self._loaded:
+                from recsys_tf.export import versions
+
+                v = versions(self.dir, model)[-1]
+                if "scann" in model:
+                    import scann  # noqa: F401  (registers ScaNN's ops before loading)
+                self._loaded[model] = (v, self.tf.saved_model.load(
+                    os.path.join(self.dir, model, str(v))))
+            return self._loaded[model]
+
+    @staticmethod
+    def _describe(specs):
+        out = {}
+        for name, s in specs.items():
+            dtype = "string" if s.dtype.name == "string" else np.dtype(s.dtype.as_numpy_dtype)
+            out[name] = {"dtype": dtype, "shape": [-1 if d is None else d
+                                                   for d in s.shape.as_list()]}
+        return out
+
+    def signature(self, model, signature="serving_default", version=None, refresh=False,
+                  timeout=None):
+        v, loaded = self._load(model)
+        fn = loaded.signatures[signature]
+        return {"inputs": self._describe(fn.structured_input_signature[1]),
+                "outputs": self._describe(fn.structured_outputs), "version": v,
+                "method_name": "tensorflow/serving/predict"}
+
+    def predict(self, model, inputs, signature="serving_default", version=None, label=None,
+                output_filter=None, timeout=None, decode_strings=False):
+        _, loaded = self._load(model)
+        fn = loaded.signatures[signature]
+        out = fn(**{k: self.tf.constant(v) for k, v in inputs.items()})
+        return {k: v.numpy() for k, v in out.items() if not output_filter or k in output_filter}
+
+
+class CodecTimer:
+    """Wraps the codec's two entry points to time them per thread (ms)."""
+
+    def __init__(self):
+        from recsys_tf.serving import codec
+
+        self.codec, self.local = codec, threading.local()
+        self._orig = (codec.to_tensor_proto, codec.to_ndarray)
+
+        def timed(fn):
+            def wrapper(*a, **k):
+                t = time.perf_counter()
+                try:
+                    return fn(*a, **k)
+                finally:
+                    self.local.ms = getattr(self.local, "ms", 0.0) + (time.perf_counter() - t) * 1e3
+            return wrapper
+
+        codec.to_tensor_proto, codec.to_ndarray = timed(self._orig[0]), timed(self._orig[1])
+
+    def take(self):
+        ms, self.local.ms = getattr(self.local, "ms", 0.0), 0.0
+        return ms
+
+    def restore(self):
+        self.codec.to_tensor_proto, self.codec.to_ndarray = self._orig
+
+
+# ------------------------------------------------------------------------------ measuring
+def run_block(rec, requests, concurrency, kwargs, codec_timer=None):
+    """``len(requests)`` recommend calls on ``concurrency`` threads; per-request records."""
+    records, lock, it = [], threading.Lock(), iter(range(len(requests)))
+
+    def worker():
+        while True:
+            with lock:
+                i = next(it, None)
+            if i is None:
+                return
+            user, ctx = requests[i]
+            if codec_timer:
+                codec_timer.take()
+            t = time.perf_counter()
+            res = rec.recommend(user, context=ctx, **kwargs)
+            e2e = (time.perf_counter() - t) * 1e3
+            rec_ = {"e2e": e2e, "degraded": res.degraded, "n": len(res.items),
+                    **{s: res.timings_ms.get(s, 0.0) for s in res.timings_ms}}
+            if codec_timer:
+                rec_["codec"] = codec_timer.take()
+            with lock:
+                records.append(rec_)
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    t = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return records, time.perf_counter() - t
+
+
+def _pct(values, q):
+    return float(np.percentile(values, q)) if len(values) else float("nan")
+
+
+def summarise(records, seconds):
+    out = {"requests": len(records), "throughput_rps": len(records) / seconds,
+           "degraded": sum(1 for r in records if r["degraded"])}
+    keys = ["e2e", *STAGES, "retrieval_build", "ranking_build", "user"]
+    if records and "codec" in records[0]:
+        keys.append("codec")
+        for r in records:
+            r["overhead"] = (r["codec"] + r.get("retrieval_build", 0) + r.get("ranking_build", 0)
+                             + r["hydrate"] + r["rerank"] + r.get("user", 0))
+        keys.append("overhead")
+    for k in keys:
+        vals = [r[k] for r in records if k in r]
+        out[f"{k}_p50_ms"], out[f"{k}_p99_ms"] = _pct(vals, 50), _pct(vals, 99)
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="small models, few requests")
+    p.add_argument("--models-dir", default=None,
+                   help="where the models are exported (default: a folder in the temp dir)")
+    p.add_argument("--requests", type=int, default=None,
+                   help="requests per (ranker, mode, concurrency) (default 600, quick 60)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="alternations of the two modes per cell (default 3)")
+    p.add_argument("--concurrency", default="1,4,16")
+    p.add_argument("--rankers", default="dcn_v2,deepfm")
+    p.add_argument("--retrieval", default="two_tower",
+                   help="retrieval model: two_tower (brute force) or two_tower_scann")
+    p.add_argument("--out", default=os.path.join(RESULTS, "client.json"))
+    args = p.parse_args(argv)
+
+    def say(msg):
+        print(msg, flush=True)
+
+    quick = args.quick
+    n_req = args.requests or (60 if quick else 600)
+    models_dir = args.models_dir or os.path.join(
+        tempfile.gettempdir(), "recsys_tf_bench_client" + ("_quick" if quick else ""))
+    ds, config = prepare(models_dir, quick, say)
+
+    from recsys_tf.serving.client import Recommender
+
+    fs = ds.feature_set
+    tables = os.path.join(models_dir, args.retrieval, "1", "assets.extra")
+    first = ds.test.drop_duplicates(fs.user_id)
+    rng = np.random.default_rng(0)
+    rows = first.iloc[rng.permutation(len(first))[:200]]
+    contexts = [(r[fs.user_id], {n: r[n] for n in fs.with_role("context")})
+                for _, r in rows.iterrows()]
+    requests = [contexts[i % len(contexts)] for i in range(n_req)]
+    kwargs = dict(k=10, n_candidates=500, diversity=0.3)
+    concurrency = [int(c) for c in args.concurrency.split(",")]
+    rankers = args.rankers.split(",")
+
+    load_before = os.getloadavg()
+    server, target = start_server(models_dir, say)
+    local = LocalModels(models_dir)
+    results = []
+    try:
+        recs = {}
+        for ranker in rankers:
+            recs[(ranker, "grpc")] = Recommender(target, tables, ranker=ranker, timeout=10.0,
+                                                 retrieval_model=args.retrieval)
+            recs[(ranker, "in-process")] = Recommender(None, tables, ranker=ranker, client=local,
+                                                       timeout=10.0,
+                                                       retrieval_model=args.retrieval)
+        for rec in recs.values():  # warm up: metadata, channels, the models' first calls
+            for user, ctx in contexts[:20]:
+                rec.recommend(user, context=ctx, **kwargs)
+        codec_timer = CodecTimer()
+        for ranker in rankers:
+            for c in concurrency:
+                cell = {m: ([], 0.0) for m in ("grpc", "in-process")}
+                per_round = max(1, n_req // args.rounds)
+                for r in range(args.rounds):
+                    chunk = requests[r * per_round:(r + 1) * per_round]
+                    for mode in ("grpc", "in-process") if r % 2 == 0 else ("in-process", "grpc"):
+                        recs_, secs = run_block(recs[(ranker, mode)], chunk, c, kwargs,
+                                                codec_timer if mode == "grpc" else None)
+                        cell[mode] = (cell[mode][0] + recs_, cell[mode][1] + secs)
+                for mode, (recs_, secs) in cell.items():
+                    row = {"ranker": ranker, "mode": mode, "concurrency": c,
+                           **summarise(recs_, secs)}
+                    results.append(row)
+                    say(f"{ranker:7s} {mode:10s} c={c:<3d} e2e p50 {row['e2e_p50_ms']:6.2f} ms "
+                        f"p99 {row['e2e_p99_ms']:6.2f} ms  {row['throughput_rps']:6.1f} req/s"
+                        + (f"  overhead p50 {row['overhead_p50_ms']:.2f} ms"
+                           if "overhead_p50_ms" in row else "")
+                        + (f"  DEGRADED {row['degraded']}" if row["degraded"] else ""))
+        codec_timer.restore()
+        for rec in recs.values():
+            rec.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+    report = {
+        "benchmark": "client", "pipeline": "retrieve 500 -> rank 500 -> MMR (lambda 0.3, item "
+        "embeddings) to the top 10", "retrieval": args.retrieval, "kwargs": kwargs,
+        "quick": quick,
+        "models": config, "requests_per_cell": n_req, "rounds": args.rounds,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "platform": platform.platform(),
+                    "load_average_1_5_15min": {"before": [round(x, 2) for x in load_before],
+                                               "after": [round(x, 2) for x in os.getloadavg()]}},
+        "versions": _versions(), "targets": TARGETS, "results": results,
+        "ratios": _ratios(results), "checks": _checks(results),
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(report, f, indent=2)
+    png = os.path.splitext(args.out)[0] + ".png"
+    plot(results, png)
+    say(table(results))
+    say(json.dumps(report["checks"], indent=2))
+    say(f"wrote {args.out} and {png}")
+    return 0
+
+
+def _versions():
+    import grpc
+
+    from recsys_tf.backend import tf
+
+    return {"tensorflow": tf.__version__, "grpcio": grpc.__version__,
+            "numpy": np.__version__, "recsys_tf": recsys_tf.__version__}
+
+
+def _ratios(results):
+    """grpc / in-process, p50 and p99 end to end, per (ranker, concurrency)."""
+    out = []
+    by = {(r["ranker"], r["mode"], r["concurrency"]): r for r in results}
+    for (ranker, mode, c), r in by.items():
+        if mode != "grpc" or (ranker, "in-process", c) not in by:
+            continue
+        loc = by[(ranker, "in-process", c)]
+        out.append({"ranker": ranker, "concurrency": c,
+                    "p50_ratio": r["e2e_p50_ms"] / loc["e2e_p50_ms"],
+                    "p99_ratio": r["e2e_p99_ms"] / loc["e2e_p99_ms"],
+                    "throughput_ratio": r["throughput_rps"] / loc["throughput_rps"]})
+    return out
+
+
+def _checks(results):
+    out = {}
+    for r in results:
+        if r["mode"] == "grpc" and r["concurrency"] == 1:
+            out[r["ranker"]] = {
+                "e2e_p50_ms": round(r["e2e_p50_ms"], 2),
+                "e2e_p50_ok": r["e2e_p50_ms"] <= TARGETS["e2e_p50_ms"],
+                "e2e_p99_ms": round(r["e2e_p99_ms"], 2),
+                "e2e_p99_ok": r["e2e_p99_ms"] <= TARGETS["e2e_p99_ms"],
+                "overhead_p50_ms": round(r["overhead_p50_ms"], 3),
+                "overhead_p50_ok": r["overhead_p50_ms"] <= TARGETS["overhead_p50_ms"],
+                "degraded": r["degraded"]}
+    return out
+
+
+def table(results):
+    head = ("| ranker | mode | conc. | e2e p50 | e2e p99 | req/s | retrieval p50/p99 | "
+            "hydrate p50 | ranking p50/p99 | rerank p50 | overhead p50 (codec) |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in results:
+        over = (f"{r['overhead_p50_ms']:.2f} ({r['codec_p50_ms']:.2f})"
+                if "overhead_p50_ms" in r else "-")
+        lines.append(
+            f"| {r['ranker']} | {r['mode']} | {r['concurrency']} | {r['e2e_p50_ms']:.2f} | "
+            f"{r['e2e_p99_ms']:.2f} | {r['throughput_rps']:.0f} | "
+            f"{r['retrieval_p50_ms']:.2f} / {r['retrieval_p99_ms']:.2f} | "
+            f"{r['hydrate_p50_ms']:.2f} | {r['ranking_p50_ms']:.2f} / {r['ranking_p99_ms']:.2f} | "
+            f"{r['rerank_p50_ms']:.2f} | {over} |")
+    return "\n".join(lines)
+
+
+def plot(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rankers = sorted({r["ranker"] for r in results})
+    conc = sorted({r["concurrency"] for r in results})
+    fig, axes = plt.subplots(1, len(rankers) + 1, figsize=(5 * (len(rankers) + 1), 4.2))
+    by = {(r["ranker"], r["mode"], r["concurrency"]): r for r in results}
+    for ax, ranker in zip(axes, rankers):
+        x = np.arange(len(conc))
+        for j, (mode, color) in enumerate((("grpc", "tab:blue"), ("in-process", "tab:orange"))):
+            p50 = [by[(ranker, mode, c)]["e2e_p50_ms"] for c in conc]
+            p99 = [by[(ranker, mode, c)]["e2e_p99_ms"] for c in conc]
+            ax.bar(x + (j - 0.5) * 0.38, p99, 0.36, color=color, alpha=0.35)
+            ax.bar(x + (j - 0.5) * 0.38, p50, 0.36, color=color, label=f"{mode} p50 (p99 light)")
+        ax.set_xticks(x, [f"c={c}" for c in conc])
+        ax.set_yscale("log")
+        ax.set_ylabel("end-to-end latency (ms)")
+        ax.set_title(f"{ranker}: retrieve 500 -> rank 500 -> MMR top 10")
+        ax.axhline(TARGETS["e2e_p50_ms"], color="gray", ls="--", lw=0.8)
+        ax.legend(fontsize=8)
+    ax = axes[-1]
+    parts = ("codec", "retrieval_build", "ranking_build", "hydrate", "rerank")
+    rows = [by[(rk, "grpc", 1)] for rk in rankers if (rk, "grpc", 1) in by]
+    bottoms = np.zeros(len(rows))
+    for part in parts:
+        vals = np.array([r.get(f"{part}_p50_ms", 0.0) for r in rows])
+        ax.bar(np.arange(len(rows)), vals, 0.5, bottom=bottoms, label=part)
+        bottoms += vals
+    labels = [r["ranker"] for r in rows]
+    ax.set_xticks(np.arange(len(rows)), labels)
+    ax.axhline(TARGETS["overhead_p50_ms"], color="gray", ls="--", lw=0.8)
+    ax.set_ylabel("client overhead p50 (ms), concurrency 1")
+    ax.set_title("client overhead by part (gRPC mode)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,443 @@
+"""DIEN against its baselines, and against DeepCTR's DIEN for training speed, in one run.
+
+What is measured:
+
+* **Quality** on ``amazon-beauty`` (DIEN protocol: each user's last behaviour is the test
+  target, earlier ones the training targets, one uniform negative per target, history of 20)
+  and on ``synthetic`` (drifting interests, known click probability): test AUC, GAUC and
+  logloss of
+
+  - ``dien``: :class:`recsys_tf.models.dien.DIEN` (GRU interest extractor, auxiliary loss,
+    AUGRU interest evolution), its defaults;
+  - ``dien_no_aux``: the same with ``aux_loss_weight=0``;
+  - ``din``: :class:`recsys_tf.models.din.DIN` (target attention over the history, no GRU);
+  - ``deepfm``: :class:`recsys_tf.models.deepfm.DeepFM`, the history mean-pooled.
+
+  Every model sees the same split and the same features, 16-d embeddings, Adam 1e-3,
+  batch 256 and the same epoch budget (``--epochs``, default 3) through
+  :func:`recsys_tf.training.train_ranker`, which stops early on the validation split
+  (patience 1) and keeps the best epoch's weights. ``synthetic`` has its own validation split
+  (the last 10% of training time); for ``amazon-beauty`` each user's last training target
+  (and its negative) is held out as validation, so the test split is untouched and
+  every model picks its epoch the same way: on the one data set the models peak at different
+  epochs (DIN after 2, DIEN with the auxiliary loss later), and a fixed epoch count would
+  pick the winner. One run per seed (``--seeds``); the table shows the mean and, with
+  several seeds, half the spread (max - min) as ``±``.
+* **Training speed** against DeepCTR 0.9.4's ``DIEN`` (``gru_type="AUGRU"``,
+  ``use_negsampling=True``) on the same ``amazon-beauty`` rows: ``--deepctr-python`` names the
+  interpreter of a virtual environment holding DeepCTR (it needs TensorFlow <= 2.12, so not
+  this one); this script writes the train/test arrays to a temporary ``.npz`` and runs
+  ``benchmarks/deepctr_dien_runner.py`` with it. Same embedding size (16), history (20),
+  attention MLP (80, 40, sigmoid), final MLP (200, 80), batch 256, one epoch, Adam 1e-3. Ours
+  is one epoch of a fresh ``dien`` through ``train_ranker``. Both clocks cover the ``fit``
+  call, graph building included. The two run back to back, alternately, ``--pairs`` times;
+  the ratio is taken from the medians. Examples per CPU-second (the process's CPU time over
+  the same call) are reported too: the machine is shared with other work, which moves wall
+  time far more than CPU time.
+
+Setting up DeepCTR's environment (once)::
+
+    python3.11 -m venv /tmp/deepctr212
+    /tmp/deepctr212/bin/pip install tensorflow==2.12.1 "numpy<1.24" deepctr==0.9.4
+
+Usage::
+
+    python benchmarks/dien.py --deepctr-python /tmp/deepctr212/bin/python     # about 25 min on 2 cores
+    python benchmarks/dien.py --quick --deepctr-python /tmp/deepctr212/bin/python  # a few minutes
+
+``--quick`` uses 2,000 Amazon users, a smaller synthetic set, one seed and one pair. Real
+data is read from ``--data-dir`` / ``$RECSYS_TF_DATA_DIR`` (default ``../shared/data`` beside
+the clone). Writes ``benchmarks/results/dien.json`` and ``dien.png``; compare only figures
+from one run.
+
+Reference: Zhou et al., "Deep Interest Evolution Network for Click-Through Rate Prediction",
+AAAI 2019.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+
+import recsys_tf  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
+
+VARIANTS = ("dien", "dien_no_aux", "din", "deepfm")
+LABELS = {"dien": "DIEN (AUGRU + aux loss)", "dien_no_aux": "DIEN without aux loss",
+          "din": "DIN-style (attention, no GRU)", "deepfm": "DeepFM (mean-pooled history)"}
+DIM = 16
+BATCH = 256
+LEARNING_RATE = 1e-3
+DEEPCTR_ARCH = {"att_units": "80,40", "att_activation": "sigmoid", "dnn_units": "200,80"}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="small data, one seed, one pair")
+    p.add_argument("--data-dir", default=None,
+                   help="real data (default $RECSYS_TF_DATA_DIR or ../shared/data)")
+    p.add_argument("--datasets", nargs="+", default=["amazon-beauty", "synthetic"])
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--epochs", type=int, default=3,
+                   help="epoch budget of every model (early stopping on validation)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 (quick: 0)")
+    p.add_argument("--deepctr-python", default=None,
+                   help="python of a venv with deepctr 0.9.4 + tensorflow 2.12 (see above)")
+    p.add_argument("--pairs", type=int, default=None,
+                   help="ours/DeepCTR throughput pairs (default 2, quick 1)")
+    p.add_argument("--out", default=os.path.join(HERE, "results", "dien.json"))
+    p.add_argument("--plot", default=None, help="default: --out with .png")
+    return p.parse_args(argv)
+
+
+def data_dir(args):
+    if args.data_dir:
+        return args.data_dir
+    return os.environ.get("RECSYS_TF_DATA_DIR", os.path.join(os.path.dirname(ROOT), "shared",
+                                                              "data"))
+
+
+def load(name, args):
+    from recsys_tf import data
+
+    if name == "synthetic":
+        options = (dict(n_users=600, n_items=400, n_train=20000, n_test=5000)
+                   if args.quick else {})
+    else:
+        options = {"max_users": 2000} if args.quick else {}
+    t = time.perf_counter()
+    ds = data.load(name, data_dir(args), **options)
+    if ds.valid is None:
+        ds = hold_out_last_targets(ds)
+    return ds, options, time.perf_counter() - t
+
+
+def hold_out_last_targets(ds):
+    """``ds`` with each user's last training target (its rows: the positive and its negative)
+    moved from ``train`` to ``valid``."""
+    import dataclasses
+
+    user = ds.feature_set.user_id
+    last = ds.train.groupby(user, sort=False).tail(2).index
+    valid = ds.train.loc[last].reset_index(drop=True)
+    train = ds.train.drop(index=last).reset_index(drop=True)
+    info = dict(ds.info, valid="each user's last training target and its negative, held out "
+                               "from train by benchmarks/dien.py for early stopping")
+    return dataclasses.replace(ds, train=train, valid=valid, info=info)
+
+
+def build(variant, fs):
+    from recsys_tf.models.deepfm import DeepFM
+    from recsys_tf.models.dien import DIEN
+    from recsys_tf.models.din import DIN
+
+    if variant == "dien":
+        return DIEN(fs, dim=DIM)
+    if variant == "dien_no_aux":
+        return DIEN(fs, dim=DIM, aux_loss_weight=0.0)
+    if variant == "din":
+        return DIN(fs, dim=DIM)
+    if variant == "deepfm":
+        return DeepFM(fs, dim=DIM)
+    raise ValueError(variant)
+
+
+def train_one(variant, ds, epochs, seed):
+    """Trains a fresh ``variant`` on ``ds``; returns its metrics and timings."""
+    from recsys_tf import training
+    from recsys_tf.backend import keras
+
+    keras.utils.set_random_seed(seed)
+    model = build(variant, ds.feature_set)
+    load_before = os.getloadavg()[0]
+    cpu = time.process_time()
+    fit = training.train_ranker(model, ds, epochs=epochs, batch_size=BATCH,
+                                learning_rate=LEARNING_RATE, verbose=0, seed=seed)
+    cpu = time.process_time() - cpu
+    scores = training.evaluate_ranker(model, ds)
+    rows = len(ds.train) * fit["epochs_run"]
+    return {"variant": variant, "seed": seed, "epochs_run": fit["epochs_run"],
+            **{k: float(v) for k, v in scores.items()},
+            "train_seconds": round(fit["train_seconds"], 2),
+            "train_cpu_seconds": round(cpu, 2),
+            "train_examples_per_sec": round(fit["train_examples_per_sec"], 1),
+            "train_examples_per_cpu_sec": round(rows / max(cpu, 1e-9), 1),
+            "loadavg_1min_before": round(load_before, 2),
+            "config": {k: v for k, v in model.get_config().items() if k != "feature_set"}}
+
+
+def summarise(runs):
+    """Mean and spread (max - min) over seeds of each metric, per variant."""
+    out = {}
+    for variant in dict.fromkeys(r["variant"] for r in runs):
+        rs = [r for r in runs if r["variant"] == variant]
+        entry = {"seeds": [r["seed"] for r in rs]}
+        for key in ("auc", "gauc", "logloss", "oracle_auc", "train_examples_per_sec",
+                    "train_examples_per_cpu_sec", "epochs_run"):
+            values = [r[key] for r in rs if key in r]
+            if values:
+                entry[key] = float(np.mean(values))
+                entry[key + "_spread"] = float(np.max(values) - np.min(values))
+        out[variant] = entry
+    return out
+
+
+# -- DeepCTR ---------------------------------------------------------------------------------
+def export_arrays(ds, path):
+    """Train/test rows of ``ds`` as the ``.npz`` the DeepCTR runner reads: ids mapped to
+    ``1..n`` in vocabulary order, 0 = padding (and ids outside the vocabulary)."""
+    fs = ds.feature_set
+
+    def indexer(feature):
+        vocab = np.asarray(fs[feature].vocabulary)
+        order = np.argsort(vocab, kind="stable")
+        sorted_vocab = vocab[order]
+
+        def index(values):
+            values = np.asarray(values)
+            pos = np.minimum(np.searchsorted(sorted_vocab, values), len(vocab) - 1)
+            return np.where(sorted_vocab[pos] == values, order[pos] + 1, 0).astype(np.int64)
+        return index
+
+    item, cat, user = indexer("item_id"), indexer("category"), indexer("user_id")
+    out = {}
+    for split, frame in (("train", ds.train), ("test", ds.test)):
+        x = fs.arrays(frame)
+        out[f"{split}_user"] = user(x["user_id"])
+        out[f"{split}_item"] = item(x["item_id"])
+        out[f"{split}_cat"] = cat(x["category"])
+        out[f"{split}_hist_item"] = item(x["history"])
+        out[f"{split}_hist_cat"] = cat(x["history_category"])
+        out[f"{split}_label"] = frame[fs.label].to_numpy(np.int64)
+    item_cat = np.zeros(len(fs["item_id"].vocabulary) + 1, np.int64)
+    item_cat[item(ds.items["item_id"].to_numpy())] = cat(ds.items["category"].to_numpy())
+    out["item_cat"] = item_cat
+    for name, feature in (("n_users", "user_id"), ("n_items", "item_id"), ("n_cats", "category")):
+        out[name] = np.int64(len(fs[feature].vocabulary) + 1)
+    np.savez(path, **out)
+
+
+def run_deepctr(python, npz, workdir, epochs=1, seed=0):
+    out, pred = os.path.join(workdir, "deepctr.json"), os.path.join(workdir, "deepctr_pred.npy")
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    cmd = [python, os.path.join(HERE, "deepctr_dien_runner.py"), "--data", npz, "--out", out,
+           "--predictions", pred, "--epochs", str(epochs), "--batch-size", str(BATCH),
+           "--dim", str(DIM), "--learning-rate", str(LEARNING_RATE), "--seed", str(seed),
+           "--att-units", DEEPCTR_ARCH["att_units"],
+           "--att-activation", DEEPCTR_ARCH["att_activation"],
+           "--dnn-units", DEEPCTR_ARCH["dnn_units"]]
+    load_before = os.getloadavg()[0]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"DeepCTR runner failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    with open(out) as f:
+        result = json.load(f)
+    result["loadavg_1min_before"] = round(load_before, 2)
+    result["train_examples_per_cpu_sec"] = (result["n_train"] * result["epochs"]
+                                            / max(result["train_cpu_seconds"], 1e-9))
+    return result, np.load(pred)
+
+
+def throughput(ds, args, pairs, workdir):
+    """Ours (one epoch of a fresh DIEN) and DeepCTR's DIEN alternately on the same rows."""
+    import dataclasses
+
+    from recsys_tf import metrics
+
+    ds = dataclasses.replace(ds, valid=None)        # no validation pass inside the clock
+    npz = os.path.join(workdir, "rows.npz")
+    export_arrays(ds, npz)
+    ours, theirs = [], []
+    y, users = ds.test[ds.feature_set.label].to_numpy(), ds.test[ds.feature_set.user_id].to_numpy()
+    for i in range(pairs):
+        print(f"  throughput pair {i + 1}/{pairs}: recsys_tf DIEN", flush=True)
+        ours.append(train_one("dien", ds, 1, seed=i))
+        print(f"  throughput pair {i + 1}/{pairs}: DeepCTR DIEN", flush=True)
+        result, p = run_deepctr(args.deepctr_python, npz, workdir, epochs=1, seed=i)
+        result["auc"], result["gauc"] = metrics.auc(y, p), metrics.gauc(users, y, p)
+        result["logloss"] = metrics.logloss(y, p)
+        theirs.append(result)
+
+    def med(rs, key):
+        return float(statistics.median(r[key] for r in rs))
+
+    summary = {
+        "recsys_tf_examples_per_sec": med(ours, "train_examples_per_sec"),
+        "deepctr_examples_per_sec": med(theirs, "train_examples_per_sec"),
+        "recsys_tf_examples_per_cpu_sec": med(ours, "train_examples_per_cpu_sec"),
+        "deepctr_examples_per_cpu_sec": med(theirs, "train_examples_per_cpu_sec"),
+        "recsys_tf_auc_1_epoch": med(ours, "auc"), "deepctr_auc_1_epoch": med(theirs, "auc"),
+        "recsys_tf_gauc_1_epoch": med(ours, "gauc"), "deepctr_gauc_1_epoch": med(theirs, "gauc")}
+    summary["speedup_wall"] = (summary["recsys_tf_examples_per_sec"]
+                               / summary["deepctr_examples_per_sec"])
+    summary["speedup_cpu"] = (summary["recsys_tf_examples_per_cpu_sec"]
+                              / summary["deepctr_examples_per_cpu_sec"])
+    summary["target"] = ">= 2x DeepCTR's training examples/s"
+    return {"dataset": ds.name, "n_train": len(ds.train), "pairs": pairs,
+            "order": "alternating: recsys_tf, DeepCTR, recsys_tf, DeepCTR, ...",
+            "settings": {"embedding_dim": DIM, "max_len": ds.feature_set["history"].max_len,
+                         "batch_size": BATCH, "epochs": 1, "optimizer": f"Adam({LEARNING_RATE})",
+                         "deepctr_model": "deepctr.models.DIEN(gru_type='AUGRU', "
+                                          "use_negsampling=True)",
+                         "deepctr_arch": DEEPCTR_ARCH,
+                         "deepctr_negatives": "one uniform item per history step, drawn "
+                                              "before the clock starts (DeepCTR takes them "
+                                              "as inputs)",
+                         "recsys_tf_negatives": "drawn in the graph at every step (in-batch)"},
+            "recsys_tf": ours, "deepctr": theirs, "summary": summary}
+
+
+# -- report ----------------------------------------------------------------------------------
+def table(results):
+    lines = ["| data set | model | AUC | GAUC | logloss | train ex/s | epochs |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, res in results["datasets"].items():
+        for variant, s in res["summary"].items():
+            def cell(key, fmt="{:.4f}"):
+                if key not in s:
+                    return "-"
+                text = fmt.format(s[key])
+                if len(s["seeds"]) > 1:
+                    text += " ± " + fmt.format(s[key + "_spread"] / 2)
+                return text
+            lines.append(f"| {name} | {variant} | {cell('auc')} | {cell('gauc')} | "
+                         f"{cell('logloss')} | {s['train_examples_per_sec']:,.0f} | "
+                         f"{s['epochs_run']:g} |")
+        if "oracle_auc" in next(iter(res["summary"].values()), {}):
+            lines.append(f"| {name} | oracle (true p_click) | "
+                         f"{next(iter(res['summary'].values()))['oracle_auc']:.4f} | - | - | - | - |")
+    tp = results.get("throughput")
+    if tp:
+        s = tp["summary"]
+        lines += ["", "| training, amazon-beauty, 1 epoch | examples/s (wall) | examples per "
+                  "CPU-second | test AUC | GAUC |", "| --- | --- | --- | --- | --- |",
+                  f"| recsys_tf DIEN | {s['recsys_tf_examples_per_sec']:,.0f} | "
+                  f"{s['recsys_tf_examples_per_cpu_sec']:,.0f} | {s['recsys_tf_auc_1_epoch']:.4f} | "
+                  f"{s['recsys_tf_gauc_1_epoch']:.4f} |",
+                  f"| DeepCTR 0.9.4 DIEN (AUGRU, neg. sampling) | "
+                  f"{s['deepctr_examples_per_sec']:,.0f} | {s['deepctr_examples_per_cpu_sec']:,.0f} | "
+                  f"{s['deepctr_auc_1_epoch']:.4f} | {s['deepctr_gauc_1_epoch']:.4f} |",
+                  f"| ratio | {s['speedup_wall']:.2f}x | {s['speedup_cpu']:.2f}x | | |"]
+    return "\n".join(lines)
+
+
+def plot(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results["datasets"])
+    has_tp = bool(results.get("throughput"))
+    fig, axes = plt.subplots(1, len(names) + has_tp, figsize=(5.2 * (len(names) + has_tp), 4.2))
+    axes = np.atleast_1d(axes)
+    for ax, name in zip(axes, names):
+        summary = results["datasets"][name]["summary"]
+        variants = list(summary)
+        x = np.arange(len(variants))
+        for offset, key, colour in ((-0.2, "auc", "tab:blue"), (0.2, "gauc", "tab:orange")):
+            values = [summary[v][key] for v in variants]
+            spread = [summary[v][key + "_spread"] / 2 for v in variants]
+            ax.bar(x + offset, values, 0.4, yerr=spread, capsize=3, label=key.upper(),
+                   color=colour)
+            for xi, v in zip(x + offset, values):
+                ax.text(xi, v + 0.002, f"{v:.3f}", ha="center", va="bottom", fontsize=7)
+        low = min(min(summary[v]["auc"], summary[v]["gauc"]) for v in variants)
+        high = max(max(summary[v]["auc"], summary[v]["gauc"]) for v in variants)
+        if "oracle_auc" in summary[variants[0]]:
+            ax.axhline(summary[variants[0]]["oracle_auc"], color="grey", ls="--", lw=1,
+                       label="oracle AUC")
+            high = max(high, summary[variants[0]]["oracle_auc"])
+        ax.set_ylim(low - 0.03, high + 0.02)
+        ax.set_xticks(x)
+        ax.set_xticklabels(variants, rotation=15)
+        ax.set_title(f"{name}: test AUC / GAUC")
+        ax.legend(fontsize=8, loc="lower right")
+    if has_tp:
+        ax = axes[-1]
+        s = results["throughput"]["summary"]
+        labels = ["recsys_tf\nDIEN", "DeepCTR\nDIEN"]
+        wall = [s["recsys_tf_examples_per_sec"], s["deepctr_examples_per_sec"]]
+        cpu = [s["recsys_tf_examples_per_cpu_sec"], s["deepctr_examples_per_cpu_sec"]]
+        x = np.arange(2)
+        ax.bar(x - 0.2, wall, 0.4, label="examples/s (wall)", color="tab:green")
+        ax.bar(x + 0.2, cpu, 0.4, label="examples per CPU-second", color="tab:purple")
+        for xi, v in list(zip(x - 0.2, wall)) + list(zip(x + 0.2, cpu)):
+            ax.text(xi, v, f"{v:,.0f}", ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(x)
+        ax.set_xticklabels(labels)
+        ax.set_title(f"training, amazon-beauty, 1 epoch\nwall {s['speedup_wall']:.2f}x, "
+                     f"CPU {s['speedup_cpu']:.2f}x")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    seeds = args.seeds or ([0] if args.quick else [0, 1])
+    pairs = args.pairs or (1 if args.quick else 2)
+    started = time.perf_counter()
+    from recsys_tf.backend import tf
+
+    results = {
+        "benchmark": "dien", "quick": args.quick, "epochs": args.epochs, "seeds": seeds,
+        "settings": {"embedding_dim": DIM, "batch_size": BATCH,
+                     "optimizer": f"Adam({LEARNING_RATE})", "trainer": "train_ranker",
+                     "variants": {v: LABELS[v] for v in args.variants}},
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
+                    "python": platform.python_version(), "tensorflow": tf.__version__,
+                    "shared": "the machine is shared with other engineers' jobs: wall-clock "
+                              "figures move with their load (1-minute load averages are "
+                              "recorded next to each run); examples per CPU-second move "
+                              "less; compare only figures from one run"},
+        "datasets": {}}
+    for name in args.datasets:
+        ds, options, seconds = load(name, args)
+        print(f"{name}: {len(ds.train):,} training rows, {len(ds.test):,} test rows "
+              f"(loaded in {seconds:.1f} s)", flush=True)
+        runs = []
+        for seed in seeds:
+            for variant in args.variants:
+                r = train_one(variant, ds, args.epochs, seed)
+                print(f"  {variant:12s} seed {seed}: AUC {r['auc']:.4f}  GAUC {r['gauc']:.4f}  "
+                      f"logloss {r['logloss']:.4f}  {r['train_examples_per_sec']:,.0f} ex/s "
+                      f"({r['train_seconds']:.0f} s)", flush=True)
+                runs.append(r)
+        results["datasets"][name] = {
+            "options": options, "n_train": len(ds.train), "n_test": len(ds.test),
+            "n_valid": 0 if ds.valid is None else len(ds.valid),
+            "info": {k: v for k, v in ds.info.items() if not isinstance(v, dict)},
+            "runs": runs, "summary": summarise(runs)}
+        if name == "amazon-beauty" and args.deepctr_python:
+            with tempfile.TemporaryDirectory() as workdir:
+                results["throughput"] = throughput(ds, args, pairs, workdir)
+    if args.deepctr_python and "throughput" not in results:
+        print("note: the DeepCTR comparison runs on amazon-beauty, which was not selected")
+    results["total_seconds"] = round(time.perf_counter() - started, 1)
+    results["table_markdown"] = table(results)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(results, f, indent=2, default=float)
+    plot_path = args.plot or os.path.splitext(args.out)[0] + ".png"
+    plot(results, plot_path)
+    print(results["table_markdown"])
+    print(f"wrote {args.out} and {plot_path} ({results['total_seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,505 @@
+"""The ranking zoo against DeepCTR 0.9.4, side by side in one run: quality and training speed.
+
+What is compared
+----------------
+Ours (:mod:`recsys_tf.models`: ``wide_deep``, ``deepfm``, ``xdeepfm``, ``dcn_v2``) against
+DeepCTR's ``WDL``, ``DeepFM``, ``xDeepFM`` and ``DCN`` (``cross_parameterization="matrix"``,
+i.e. DCN-M / DCN-v2's full-rank cross) on two data sets:
+
+* ``movielens-100k``: ``rating >= 4`` as the label, the loader's random 80/20 split (seed 42);
+  the last 10% of the training rows (a random tenth: train is a permutation) are held out as the
+  validation split. Features: user id, age bucket, gender, occupation, zip prefix, item id,
+  genre, release year (numeric), hour, and the user's previous 20 items and their genres
+  (mean-pooled sequences sharing the item id / genre tables).
+* ``criteo-synthetic``: 200,000 rows in the Criteo format (13 integer + 26 categorical fields,
+  Zipf categories, planted first-order, pairwise-cross and low-rank factor effects), split
+  80/10/10 in order; every row's true click probability is known, so the oracle AUC is too.
+
+Both implementations get the same rows and the same encoded features: the categorical
+vocabularies (values under the data set's count threshold -> OOV), the normalised numeric
+values (DeepCTR gets them as ``DenseFeat``, ours normalises the raw values inside the model
+with the same constants), the sequences as ``VarLenSparseFeat`` with ``combiner="mean"``. The
+same embedding size (16), hidden sizes (256, 128), batch size (1024), learning rate (1e-3),
+epoch cap and early stopping (validation AUC, patience 1, best epoch's weights restored, the
+same callback for both). CIN layers (128, 128) with split-half; 3 cross layers.
+
+* DeepCTR: its models with their defaults otherwise (L2 1e-5 on embeddings and linear
+  weights, embedding init N(0, 1e-4)), Keras' ``Adam``, ``model.fit`` on the numpy arrays as its
+  examples do.
+* Ours: :func:`recsys_tf.training.train_ranker` with its defaults - lookups done once before
+  training (encoded inputs), fused embedding tables, lazy (sparse-row) Adam for embedding tables
+  (Keras' Adam for the rest), 16 steps per execution - and the models' defaults, except
+  ``compute_dtype`` (``--compute-dtype``, default ``auto``: the DNN matmuls in bfloat16 where
+  the CPU has AMX/AVX512-BF16 units, float32 elsewhere; weights, embeddings, FM/CIN/cross
+  and logits stay float32). Differences in the models themselves are listed under
+  ``model_notes`` in the JSON.
+
+Measured
+--------
+* Quality: test AUC and logloss per model, the AUC difference (ours - DeepCTR) against the
+  target of +0.003, and on ``criteo-synthetic`` the gap to the oracle AUC for both. With several
+  seeds (``--seeds``) the figures are means, and the spread is reported.
+* Training speed: after the quality runs, the two trained models of each pair are trained on,
+  alternately one epoch each (``--rounds`` rounds, in the configuration each was trained with,
+  no validation), so machine load hits both alike; training examples per second (wall) and per
+  CPU-second (this process's CPU time, less sensitive to other work on a shared machine), and
+  the ratio ours / DeepCTR from the medians (target 1.5).
+* Predict latency: one batch of 1,024 test rows through a compiled ``model(x)``, median of
+  ``--latency-reps`` calls, alternating; ours takes raw feature values (lookups inside the model,
+  as an export serves), DeepCTR the already-encoded integer arrays.
+
+Usage (the ``bench`` extra installs DeepCTR 0.9.4)::
+
+    pip install -e ".[bench]"
+    python benchmarks/ranking.py            # about 15-20 min on 2 cores
+    python benchmarks/ranking.py --quick    # a few minutes: 60k synthetic rows, 1 round
+
+Real data is read from ``--data-dir`` / ``$RECSYS_TF_DATA_DIR`` (default ``../shared/data`` beside
+the clone). Writes ``benchmarks/results/ranking.json`` and ``ranking.png``. Nothing here uses
+the network (DeepCTR's import-time version check is answered offline).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+os.environ.setdefault("RECSYS_TF_DATA_DIR", os.path.join(os.path.dirname(ROOT), "shared", "data"))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+import recsys_tf  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from recsys_tf import data, metrics, models, training  # noqa: E402
+from recsys_tf.backend import keras, tf  # noqa: E402
+from recsys_tf.features import Numeric, Sequence  # noqa: E402
+from recsys_tf.layers.embedding import normalise  # noqa: E402
+
+MODELS = ("wide_deep", "deepfm", "xdeepfm", "dcn_v2")
+DEEPCTR_NAMES = {"wide_deep": "WDL", "deepfm": "DeepFM", "xdeepfm": "xDeepFM",
+                 "dcn_v2": "DCN (matrix)"}
+DATASETS = ("movielens-100k", "criteo-synthetic")
+DIM, HIDDEN, BATCH, LR = 16, (256, 128), 1024, 1e-3
+CIN, CROSS_LAYERS = (128, 128), 3
+AUC_TARGET, SPEED_TARGET = 0.003, 1.5
+MODEL_NOTES = {
+    "wide_deep": "ours: wide part = one-hot of every feature (keras.experimental.LinearModel, "
+                 "FTRL), deep part = embeddings + numeric values, Adam; DeepCTR WDL: linear "
+                 "part = 1-d embeddings + dense kernel, one Adam for both",
+    "deepfm": "ours: numeric features are FM fields (z * v_f, in FM and DNN); DeepCTR: "
+              "numeric values go to the DNN and linear part only",
+    "xdeepfm": "ours: CIN without activation (paper); DeepCTR: CIN with relu (its default); "
+               "numeric features as fields in ours, DNN-only in DeepCTR",
+    "dcn_v2": "ours: DCN-v2 stacked (cross network, then DNN), no linear term; DeepCTR DCN "
+              "matrix: cross and DNN in parallel plus a linear logit",
+}
+
+
+# -- DeepCTR --------------------------------------------------------------------------------
+def import_deepctr():
+    """``deepctr.models`` / ``deepctr.feature_column``, with the import-time version check
+    (a thread calling PyPI) answered offline."""
+    import requests
+
+    class _Offline:
+        status_code = 0
+        text = ""
+
+    real_get, before = requests.get, set(threading.enumerate())
+    requests.get = lambda *a, **k: _Offline()
+    try:
+        import deepctr
+        import deepctr.feature_column
+        import deepctr.models
+    finally:
+        for t in set(threading.enumerate()) - before:
+            t.join(5)
+        requests.get = real_get
+    return deepctr
+
+
+def deepctr_columns(fs, features):
+    from deepctr.feature_column import DenseFeat, SparseFeat, VarLenSparseFeat
+
+    cols = []
+    for n in features:
+        f = fs[n]
+        if isinstance(f, Numeric):
+            cols.append(DenseFeat(n, 1))
+            continue
+        base = fs.categorical_of(n)
+        size = base.num_buckets + 1           # row 0: padding (DeepCTR masks id 0 in sequences)
+        if isinstance(f, Sequence):
+            cols.append(VarLenSparseFeat(SparseFeat(n, size, DIM, embedding_name=base.table),
+                                         f.max_len, combiner="mean"))
+        else:
+            cols.append(SparseFeat(n, size, DIM, embedding_name=base.table))
+    return cols
+
+
+def deepctr_arrays(fs, frame, features):
+    """DeepCTR's inputs: our lookup's row index + 1 (0 = sequence padding), normalised numerics."""
+    out = {}
+    for n in features:
+        f = fs[n]
+        if isinstance(f, Numeric):
+            out[n] = normalise(f, frame[n].to_numpy(np.float32)).numpy().astype(np.float32)
+            continue
+        base = fs.categorical_of(n)
+        raw = fs.arrays(frame, [n])[n]
+        if base.hash_buckets is not None:
+            raise ValueError(f"{n}: hashed features are not used in this benchmark")
+        index = {v: i + base.num_oov + 1 for i, v in enumerate(base.vocabulary)}
+        flat = pd.Series(raw.reshape(-1)).map(index).fillna(1).to_numpy(np.int32)
+        if isinstance(f, Sequence):
+            pad = raw.reshape(-1) == base.pad
+            flat[pad] = 0
+        out[n] = flat.reshape(raw.shape)
+    return out
+
+
+def deepctr_model(name, cols):
+    from deepctr import models as dm
+
+    if name == "wide_deep":
+        return dm.WDL(cols, cols, dnn_hidden_units=HIDDEN, seed=1024)
+    if name == "deepfm":
+        return dm.DeepFM(cols, cols, dnn_hidden_units=HIDDEN, seed=1024)
+    if name == "xdeepfm":
+        return dm.xDeepFM(cols, cols, dnn_hidden_units=HIDDEN, cin_layer_size=CIN, seed=1024)
+    if name == "dcn_v2":
+        return dm.DCN(cols, cols, cross_num=CROSS_LAYERS, cross_parameterization="matrix",
+                      dnn_hidden_units=HIDDEN, seed=1024)
+    raise ValueError(name)
+
+
+# -- data ---------------------------------------------------------------------------------
+def load_dataset(name, quick, data_dir):
+    if name == "movielens-100k":
+        ds = data.load(name, data_dir)
+        n = len(ds.train)
+        n_valid = n // 10
+        train = ds.train.iloc[: n - n_valid].reset_index(drop=True)
+        valid = ds.train.iloc[n - n_valid:].reset_index(drop=True)
+        ds = dataclasses.replace(ds, train=train, valid=valid,
+                                 feature_set=ds.feature_set.fit_numeric(train))
+        ds.info = dict(ds.info, n_train=len(train), n_valid=len(valid),
+                       valid="the last 10% of the random training permutation")
+        return ds
+    if name == "criteo-synthetic":
+        return data.load(name, data_dir, n_rows=60_000 if quick else 200_000)
+    raise ValueError(name)
+
+
+# -- training -------------------------------------------------------------------------------
+class Arm:
+    """One side of a comparison: a model, how it trains for one epoch, how it predicts."""
+
+    def __init__(self, model, epoch, predict, batch_1024):
+        self.model, self.epoch, self.predict, self.batch = model, epoch, predict, batch_1024
+
+
+def train_ours(name, ds, seed, epochs, compute_dtype):
+    keras.utils.set_random_seed(seed)
+    opts = dict(dim=DIM, dnn_units=HIDDEN, compute_dtype=compute_dtype)
+    if name == "xdeepfm":
+        opts["cin_sizes"] = CIN
+    if name == "dcn_v2":
+        opts["cross_layers"] = CROSS_LAYERS
+    model = models.get(name)(ds.feature_set, **opts)
+    fit = training.train_ranker(model, ds, epochs=epochs, batch_size=BATCH, learning_rate=LR,
+                                verbose=0, seed=seed)
+    scores = training.evaluate_ranker(model, ds)
+    train_data = training.encoded_dataset(model, ds.feature_set, ds.train, BATCH,
+                                          ds.feature_set.label, shuffle=True, seed=seed)
+
+    def epoch():
+        model.fit(train_data, epochs=1, verbose=0)
+
+    fn = tf.function(lambda x: model(x, training=False))
+    batch = {k: tf.constant(v) for k, v in
+             ds.feature_set.arrays(ds.test.head(1024), model.features).items()}
+    return fit, scores, Arm(model, epoch, fn, batch)
+
+
+def train_deepctr(name, ds, seed, epochs, arrays):
+    keras.utils.set_random_seed(seed)
+    fs, label = ds.feature_set, ds.feature_set.label
+    cols = deepctr_columns(fs, fs.names)
+    model = deepctr_model(name, cols)
+    model.compile(keras.optimizers.Adam(LR), "binary_crossentropy")
+    x_tr, x_va, x_te = arrays
+    y_tr = ds.train[label].to_numpy(np.float32)
+    valid = tf.data.Dataset.from_tensor_slices(x_va).batch(4096)
+    callbacks = [training.ValidationMetrics(valid, ds.valid[label].to_numpy()),
+                 keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=1,
+                                               restore_best_weights=True)]
+    start = time.perf_counter()
+    hist = model.fit(x_tr, y_tr, batch_size=BATCH, epochs=epochs, shuffle=True, verbose=0,
+                     callbacks=callbacks)
+    seconds = time.perf_counter() - start
+    p = training.predict_batches(model, tf.data.Dataset.from_tensor_slices(x_te).batch(4096))
+    y = ds.test[label].to_numpy()
+    scores = {"auc": metrics.auc(y, p), "logloss": metrics.logloss(y, p)}
+    epochs_run = len(hist.history["loss"])
+    fit = {"train_seconds": seconds, "epochs_run": epochs_run,
+           "history": {k: [float(v) for v in vs] for k, vs in hist.history.items()}}
+
+    def epoch():
+        model.fit(x_tr, y_tr, batch_size=BATCH, epochs=1, shuffle=True, verbose=0)
+
+    fn = tf.function(lambda x: model(x, training=False))
+    batch = {k: tf.constant(v[:1024]) for k, v in x_te.items()}
+    return fit, scores, Arm(model, epoch, fn, batch)
+
+
+def timed(fn):
+    w, c = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - w, time.process_time() - c
+
+
+def measure_speed(ours, theirs, n_train, rounds, reps):
+    """Alternating training epochs and predict calls; medians and ratios."""
+    wall = {"ours": [], "deepctr": []}
+    cpu = {"ours": [], "deepctr": []}
+    for _ in range(rounds):
+        for key, arm in (("ours", ours), ("deepctr", theirs)):
+            w, c = timed(arm.epoch)
+            wall[key].append(w)
+            cpu[key].append(c)
+    lat = {"ours": [], "deepctr": []}
+    for arm in (ours, theirs):
+        arm.predict(arm.batch)                      # trace
+    for _ in range(reps):
+        for key, arm in (("ours", ours), ("deepctr", theirs)):
+            t = time.perf_counter()
+            arm.predict(arm.batch).numpy()
+            lat[key].append((time.perf_counter() - t) * 1000)
+    out = {}
+    for key in ("ours", "deepctr"):
+        out[key] = {
+            "train_examples_per_sec": n_train / statistics.median(wall[key]),
+            "train_examples_per_cpu_sec": n_train / statistics.median(cpu[key]),
+            "epoch_seconds": [round(x, 3) for x in wall[key]],
+            "epoch_cpu_seconds": [round(x, 3) for x in cpu[key]],
+            "predict_1024_ms": statistics.median(lat[key]),
+        }
+    out["speedup_wall"] = out["ours"]["train_examples_per_sec"] / out["deepctr"]["train_examples_per_sec"]
+    out["speedup_cpu"] = (out["ours"]["train_examples_per_cpu_sec"]
+                          / out["deepctr"]["train_examples_per_cpu_sec"])
+    out["speedup_wall_per_round"] = [round(b / a, 3) for a, b in zip(wall["ours"], wall["deepctr"])]
+    out["predict_speedup"] = out["deepctr"]["predict_1024_ms"] / out["ours"]["predict_1024_ms"]
+    return out
+
+
+def _mean(xs):
+    return float(np.mean(xs)) if xs else float("nan")
+
+
+def run_dataset(name, args, log):
+    t0 = time.perf_counter()
+    ds = load_dataset(name, args.quick, args.data_dir)
+    fs = ds.feature_set
+    oracle = None
+    if "p_click" in ds.test:
+        oracle = metrics.auc(ds.test[fs.label].to_numpy(), ds.test["p_click"].to_numpy())
+    arrays = tuple(deepctr_arrays(fs, f, fs.names) for f in (ds.train, ds.valid, ds.test))
+    log(f"{name}: {len(ds.train):,} train / {len(ds.valid):,} valid / {len(ds.test):,} test rows"
+        + (f", oracle test AUC {oracle:.4f}" if oracle is not None else "")
+        + f" ({time.perf_counter() - t0:.0f} s to load and encode)")
+    result = {"n_train": len(ds.train), "n_valid": len(ds.valid), "n_test": len(ds.test),
+              "oracle_auc": oracle, "label_rate_train": float(ds.train[fs.label].mean()),
+              "models": {}}
+    for m in args.models:
+        runs = {"ours": [], "deepctr": []}
+        arms = {}
+        for seed in args.seeds:
+            fit, sc, arm = train_ours(m, ds, seed, args.epochs, args.compute_dtype)
+            runs["ours"].append((fit, sc))
+            arms["ours"] = arm
+            fit2, sc2, arm2 = train_deepctr(m, ds, seed, args.epochs, arrays)
+            runs["deepctr"].append((fit2, sc2))
+            arms["deepctr"] = arm2
+            log(f"  {m:9s} seed {seed}: ours AUC {sc['auc']:.4f} ({fit['epochs_run']} ep, "
+                f"{fit['train_seconds']:.0f} s) | DeepCTR {DEEPCTR_NAMES[m]} AUC {sc2['auc']:.4f} "
+                f"({fit2['epochs_run']} ep, {fit2['train_seconds']:.0f} s)")
+        speed = measure_speed(arms["ours"], arms["deepctr"], len(ds.train), args.rounds,
+                              args.latency_reps)
+        row = {"deepctr_model": DEEPCTR_NAMES[m], "note": MODEL_NOTES[m]}
+        for key in ("ours", "deepctr"):
+            aucs = [sc["auc"] for _, sc in runs[key]]
+            lls = [sc["logloss"] for _, sc in runs[key]]
+            row[key] = {
+                "auc": _mean(aucs), "logloss": _mean(lls),
+                "auc_per_seed": aucs, "auc_spread": max(aucs) - min(aucs),
+                "epochs_run": [fit["epochs_run"] for fit, _ in runs[key]],
+                "train_seconds": [round(fit["train_seconds"], 2) for fit, _ in runs[key]],
+                "gap_to_oracle_auc": None if oracle is None else oracle - _mean(aucs),
+                **speed[key],
+            }
+        row["auc_delta"] = row["ours"]["auc"] - row["deepctr"]["auc"]
+        row["auc_delta_per_seed"] = [a - b for a, b in zip(row["ours"]["auc_per_seed"],
+                                                           row["deepctr"]["auc_per_seed"])]
+        row["logloss_delta"] = row["ours"]["logloss"] - row["deepctr"]["logloss"]
+        row["auc_target_met"] = bool(row["auc_delta"] >= AUC_TARGET)
+        for k in ("speedup_wall", "speedup_cpu", "speedup_wall_per_round", "predict_speedup"):
+            row[k] = speed[k]
+        row["speed_target_met"] = bool(speed["speedup_wall"] >= SPEED_TARGET)
+        result["models"][m] = row
+        log(f"  {m:9s}: AUC {row['ours']['auc']:.4f} vs {row['deepctr']['auc']:.4f} "
+            f"(delta {row['auc_delta']:+.4f}); train {row['ours']['train_examples_per_sec']:,.0f} vs "
+            f"{row['deepctr']['train_examples_per_sec']:,.0f} ex/s (x{speed['speedup_wall']:.2f} "
+            f"wall, x{speed['speedup_cpu']:.2f} CPU); predict-1024 "
+            f"{row['ours']['predict_1024_ms']:.1f} vs {row['deepctr']['predict_1024_ms']:.1f} ms")
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    return result
+
+
+# -- report -------------------------------------------------------------------------------
+def table(results):
+    lines = ["| data | model | AUC ours | AUC DeepCTR | delta | logloss ours | logloss DeepCTR | "
+             "oracle gap ours | oracle gap DeepCTR | train ex/s ours | train ex/s DeepCTR | "
+             "speedup (wall / CPU) | predict-1024 ms ours | predict-1024 ms DeepCTR |",
+             "|" + "---|" * 14]
+    for dname, r in results.items():
+        for m, row in r["models"].items():
+            o, d = row["ours"], row["deepctr"]
+            gap = (lambda x: "-" if x is None else f"{x:.4f}")
+            lines.append(
+                f"| {dname} | {m} vs {row['deepctr_model']} | {o['auc']:.4f} | {d['auc']:.4f} | "
+                f"{row['auc_delta']:+.4f} | {o['logloss']:.4f} | {d['logloss']:.4f} | "
+                f"{gap(o['gap_to_oracle_auc'])} | {gap(d['gap_to_oracle_auc'])} | "
+                f"{o['train_examples_per_sec']:,.0f} | {d['train_examples_per_sec']:,.0f} | "
+                f"{row['speedup_wall']:.2f} / {row['speedup_cpu']:.2f} | "
+                f"{o['predict_1024_ms']:.1f} | {d['predict_1024_ms']:.1f} |")
+    return "\n".join(lines)
+
+
+def plot(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results)
+    fig, axes = plt.subplots(2, len(names), figsize=(6 * len(names), 8), squeeze=False)
+    for j, dname in enumerate(names):
+        r = results[dname]
+        ms = list(r["models"])
+        x = np.arange(len(ms))
+        ax = axes[0, j]
+        ours = [r["models"][m]["ours"]["auc"] for m in ms]
+        theirs = [r["models"][m]["deepctr"]["auc"] for m in ms]
+        ax.bar(x - 0.2, ours, 0.4, label="recsys_tf")
+        ax.bar(x + 0.2, theirs, 0.4, label="DeepCTR 0.9.4")
+        if r.get("oracle_auc"):
+            ax.axhline(r["oracle_auc"], color="k", ls="--", lw=1, label="oracle")
+        lo = min(ours + theirs) - 0.02
+        hi = max(ours + theirs + [r.get("oracle_auc") or 0]) + 0.01
+        ax.set_ylim(lo, hi)
+        ax.set_xticks(x, ms)
+        ax.set_ylabel("test AUC")
+        ax.set_title(f"{dname}: quality")
+        ax.legend(fontsize=8)
+        ax = axes[1, j]
+        wall = [r["models"][m]["speedup_wall"] for m in ms]
+        cpu = [r["models"][m]["speedup_cpu"] for m in ms]
+        ax.bar(x - 0.2, wall, 0.4, label="wall clock")
+        ax.bar(x + 0.2, cpu, 0.4, label="CPU time")
+        ax.axhline(1.0, color="k", lw=1)
+        ax.axhline(SPEED_TARGET, color="r", ls="--", lw=1, label=f"target x{SPEED_TARGET}")
+        ax.set_xticks(x, ms)
+        ax.set_ylabel("training throughput, ours / DeepCTR")
+        ax.set_title(f"{dname}: training speed (batch {BATCH})")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def environment():
+    import deepctr
+
+    from recsys_tf.layers.mlp import cpu_has_fast_bfloat16
+
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+    except OSError:
+        pass
+    return {"python": platform.python_version(), "tensorflow": tf.__version__,
+            "tf_keras": keras.__version__, "deepctr": deepctr.__version__,
+            "numpy": np.__version__, "cpu": cpu, "cpu_count": os.cpu_count(),
+            "cpu_has_fast_bfloat16": cpu_has_fast_bfloat16(),
+            "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true",
+                   help="60k synthetic rows, 4 epochs at most, one speed round")
+    p.add_argument("--data-dir", default=None, help="default $RECSYS_TF_DATA_DIR")
+    p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    p.add_argument("--epochs", type=int, default=None, help="epoch cap (default 8, quick 4)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 (one seed)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="alternating timed epochs per implementation (default 3, quick 1)")
+    p.add_argument("--latency-reps", type=int, default=30)
+    p.add_argument("--compute-dtype", default="auto", choices=("auto", "float32", "bfloat16"),
+                   help="our DNN matmul precision (default auto: bfloat16 on AMX/AVX512-BF16)")
+    p.add_argument("--out", default=os.path.join(HERE, "results", "ranking.json"))
+    p.add_argument("--plot", default=None, help="default: --out with .png")
+    args = p.parse_args(argv)
+    args.epochs = args.epochs or (4 if args.quick else 8)
+    args.seeds = args.seeds or [0]
+    args.rounds = args.rounds or (1 if args.quick else 3)
+    plot_path = args.plot or os.path.splitext(args.out)[0] + ".png"
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    import_deepctr()
+
+    def log(msg):
+        print(msg, flush=True)
+
+    t0 = time.perf_counter()
+    env = environment()
+    results = {d: run_dataset(d, args, log) for d in args.datasets}
+    out = {
+        "benchmark": "ranking zoo vs DeepCTR 0.9.4",
+        "quick": bool(args.quick),
+        "config": {"embedding_dim": DIM, "hidden_units": list(HIDDEN), "batch_size": BATCH,
+                   "learning_rate": LR, "epochs_cap": args.epochs, "early_stopping":
+                   "validation AUC, patience 1, best weights restored", "seeds": args.seeds,
+                   "cin_layers": list(CIN), "cross_layers": CROSS_LAYERS,
+                   "speed_rounds": args.rounds, "latency_reps": args.latency_reps,
+                   "ours": {"trainer": "recsys_tf.training.train_ranker defaults (encoded "
+                                       "inputs, fused tables, LazyAdam, 16 steps/execution)",
+                            "compute_dtype": args.compute_dtype},
+                   "deepctr": "models' defaults, keras Adam, model.fit on numpy arrays"},
+        "targets": {"auc_delta": AUC_TARGET, "speedup": SPEED_TARGET},
+        "environment": env,
+        "results": results,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    out["table_markdown"] = table(results)
+    with open(args.out, "w") as f:
+        json.dump(out, f, indent=2, default=float)
+    plot(results, plot_path)
+    log(out["table_markdown"])
+    log(f"wrote {args.out} and {plot_path} in {out['seconds']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

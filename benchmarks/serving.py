@@ -1,0 +1,513 @@
+"""Predict through the bundled server vs the same SavedModel called in-process.
+
+For each ranker (DeepFM, Wide&Deep, xDeepFM, DCN-v2, DIEN, as the zoo builds them by default,
+trained for one epoch on the synthetic data set and exported with ``recsys_tf.export``), one
+request is sent over and over by 1, 4 and 16 concurrent clients. Two request sizes
+(``--rows``): 100 rows, what the client sends to rank one user's candidates, and 10 rows, the
+small-request case server-side batching is meant for. Three ways:
+
+* ``in_process``: ``tf.saved_model.load(path).signatures["serving_default"]`` called from
+  Python threads of the benchmark process, which only loads the SavedModels (training runs
+  in a subprocess): numpy in, ``tf.constant``, call, ``.numpy()`` out;
+* ``server``: gRPC ``Predict`` to the bundled server (``python -m recsys_tf.serving.server``
+  in a subprocess on 127.0.0.1), each client thread with its own channel, the request built
+  once, the response decoded every time;
+* ``server_batching``: the same against a second server started with ``--enable_batching``
+  (parameters written to the result, with the requests merged per batch on average).
+
+The machine these numbers come from is shared with other work, so the three ways are measured
+back to back for each (model, rows, clients) cell, ``--repeats`` times (default 3) with the
+order rotated, each run lasting ``--seconds`` (default 1) or ``--max-requests``; latency
+percentiles are over all repeats' requests as the client sees them, QPS is the median
+repeat's. Two figures are checked against targets:
+
+    server overhead  = p50(server, 1 client) - p50(in_process, 1 client)      target <= 1.5 ms
+    batching speed-up = QPS(server_batching, 16) / QPS(server, 16)            target >= 1.5x
+
+Everything stays on loopback. The machine may be shared with other work (the load average is
+recorded before and after): compare figures from one run only.
+
+Usage::
+
+    python benchmarks/serving.py                   # 5 rankers x 10/100 rows, ~10 min, 2 cores
+    python benchmarks/serving.py --quick           # DeepFM only, one repeat
+    python benchmarks/serving.py --models deepfm dcn_v2 --rows 20 --seconds 2
+
+Writes ``benchmarks/results/serving.json`` and ``benchmarks/results/serving.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+
+import recsys_tf  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+
+RANKERS = ("deepfm", "wide_deep", "xdeepfm", "dcn_v2", "dien")
+CONCURRENCY = (1, 4, 16)
+TARGET_OVERHEAD_MS = 1.5
+TARGET_BATCHING_SPEEDUP = 1.5
+
+
+def _load_average():
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+# --------------------------------------------------------------------------- models
+def build_models(root, names, seed=0):
+    """Train each ranker briefly on the synthetic data and export it under ``root``."""
+    from recsys_tf.cli import train
+
+    ds = _dataset(seed)
+    info = {}
+    for name in names:
+        t0 = time.perf_counter()
+        try:
+            result, _ = train(name, ds, epochs=1, batch_size=512, export_dir=root, verbose=0)
+        except Exception as exc:  # reported in the result; the other models still run
+            info[name] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+            print(f"  {name}: FAILED to train/export: {info[name]['error']}", flush=True)
+            continue
+        info[name] = {"export_path": result["export_path"], "auc": round(result["auc"], 4),
+                      "train_seconds": round(time.perf_counter() - t0, 1)}
+        print(f"  {name}: trained and exported in {info[name]['train_seconds']} s "
+              f"(test AUC {info[name]['auc']})", flush=True)
+    return ds, info
+
+
+def _dataset(seed=0):
+    from recsys_tf import data
+
+    return data.load("synthetic", None, n_train=20000, n_test=2000, seed=seed)
+
+
+def request_arrays(ds, fn, rows):
+    """``rows`` test rows as the signature's inputs (names and dtypes from the signature)."""
+    import numpy as np
+
+    spec = fn.structured_input_signature[1]
+    arrays = ds.feature_set.arrays(ds.test.head(rows), list(spec))
+    out = {}
+    for name, tensor_spec in spec.items():
+        value = np.asarray(arrays[name])
+        if tensor_spec.dtype.name == "string":
+            value = value.astype(object)
+        else:
+            value = value.astype(tensor_spec.dtype.as_numpy_dtype)
+        out[name] = value
+    return out
+
+
+# --------------------------------------------------------------------------- measuring
+def run_cell(make_call, concurrency, seconds, max_requests, warmup=10):
+    """Latencies (ms) of ``concurrency`` threads calling ``make_call()()`` until time/count."""
+    calls = [make_call() for _ in range(concurrency)]
+    for call in calls:
+        for _ in range(warmup):
+            call()
+    counter = itertools.count()
+    latencies, errors = [], []
+    lock = threading.Lock()
+    start_gate = threading.Barrier(concurrency + 1)
+    deadline = [0.0]
+
+    def worker(call):
+        local = []
+        start_gate.wait()
+        while time.perf_counter() < deadline[0] and next(counter) < max_requests:
+            t0 = time.perf_counter()
+            try:
+                call()
+            except Exception as exc:  # counted; a benchmark cell must not die on one failure
+                with lock:
+                    errors.append(repr(exc)[:200])
+                continue
+            local.append((time.perf_counter() - t0) * 1e3)
+        with lock:
+            latencies.extend(local)
+
+    threads = [threading.Thread(target=worker, args=(c,)) for c in calls]
+    for t in threads:
+        t.start()
+    deadline[0] = time.perf_counter() + seconds
+    t0 = time.perf_counter()
+    start_gate.wait()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    return latencies, errors, wall
+
+
+def summarize(latencies, errors, wall, rows):
+    import numpy as np
+
+    lat = np.asarray(latencies) if latencies else np.asarray([np.nan])
+    n = len(latencies)
+    return {"requests": n, "errors": len(errors), "error_examples": errors[:3],
+            "wall_s": round(wall, 3), "p50_ms": round(float(np.percentile(lat, 50)), 3),
+            "p99_ms": round(float(np.percentile(lat, 99)), 3),
+            "mean_ms": round(float(lat.mean()), 3), "qps": round(n / wall, 1),
+            "rows_per_s": round(n * rows / wall, 1)}
+
+
+def summarize_repeats(cells, rows):
+    """Latency percentiles over all repeats' requests; QPS: the median of the repeats'."""
+    import numpy as np
+
+    merged = summarize([x for lat, _, _ in cells for x in lat],
+                       [e for _, errs, _ in cells for e in errs], sum(w for _, _, w in cells),
+                       rows)
+    merged["qps_repeats"] = [round(len(lat) / wall, 1) for lat, _, wall in cells]
+    merged["qps"] = round(float(np.median(merged["qps_repeats"])), 1)
+    merged["rows_per_s"] = round(merged["qps"] * rows, 1)
+    return merged
+
+
+def in_process_caller(fn, arrays):
+    import tensorflow as tf
+
+    def make():
+        def call():
+            out = fn(**{k: tf.constant(v) for k, v in arrays.items()})
+            return {k: t.numpy() for k, t in out.items()}
+        return call
+    return make
+
+
+def grpc_caller(target, model, arrays):
+    import grpc
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    from recsys_tf.serving import codec
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    for key, value in arrays.items():
+        request.inputs[key].CopyFrom(codec.to_tensor_proto(value))
+    channels = []
+
+    def make():
+        channel = grpc.insecure_channel(target, options=[
+            ("grpc.max_receive_message_length", 64 << 20)])
+        channels.append(channel)
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+
+        def call():
+            response = stub.Predict(request, timeout=30)
+            return {k: codec.to_ndarray(v) for k, v in response.outputs.items()}
+        return call
+    return make, channels
+
+
+# --------------------------------------------------------------------------- the server
+class ServerProcess:
+    """``python -m recsys_tf.serving.server`` on 127.0.0.1, port chosen by the OS."""
+
+    def __init__(self, root, extra_args=()):
+        cmd = [sys.executable, "-m", "recsys_tf.serving.server", "--model_base_path", root,
+               "--host", "127.0.0.1", "--port", "0", "--file_system_poll_wait_seconds", "0",
+               *extra_args]
+        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                     text=True, env=env, cwd=ROOT)
+        self.lines = []
+        self.port = None
+        deadline = time.time() + 300
+        while self.port is None and time.time() < deadline:
+            line = self.proc.stderr.readline()
+            if not line:
+                break
+            self.lines.append(line)
+            found = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+            if found:
+                self.port = int(found.group(1))
+        if self.port is None:
+            self.stop()
+            raise RuntimeError("the server did not start:\n" + "".join(self.lines[-30:]))
+        self._drain = threading.Thread(target=self._read, daemon=True)
+        self._drain.start()
+
+    def _read(self):
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    @property
+    def target(self):
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+# --------------------------------------------------------------------------- plot
+def plot(results, path, row_sizes):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(r["model"] for r in results))
+    modes = ["in_process", "server", "server_batching"]
+    colors = {"in_process": "tab:gray", "server": "tab:blue", "server_batching": "tab:orange"}
+    n_rows = 2 * len(row_sizes)
+    fig, axes = plt.subplots(n_rows, len(models), figsize=(3.2 * len(models), 2.9 * n_rows),
+                             squeeze=False)
+    for k, rows in enumerate(row_sizes):
+        qps_ax, lat_ax = axes[2 * k], axes[2 * k + 1]
+        for j, model in enumerate(models):
+            for mode in modes:
+                cells = sorted((r for r in results if r["model"] == model and r["mode"] == mode
+                                and r["rows"] == rows), key=lambda r: r["concurrency"])
+                if not cells:
+                    continue
+                xs = [c["concurrency"] for c in cells]
+                qps_ax[j].plot(xs, [c["qps"] for c in cells], "o-", color=colors[mode],
+                               label=mode)
+                lat_ax[j].plot(xs, [c["p50_ms"] for c in cells], "o-", color=colors[mode],
+                               label=f"{mode} p50")
+                lat_ax[j].plot(xs, [c["p99_ms"] for c in cells], "x:", color=colors[mode],
+                               label=f"{mode} p99")
+            qps_ax[j].set_title(f"{model}, {rows} rows/request", fontsize=9)
+            qps_ax[j].set_ylabel("requests/s")
+            lat_ax[j].set_ylabel("latency ms")
+            lat_ax[j].set_yscale("log")
+            for ax in (qps_ax[j], lat_ax[j]):
+                ax.set_xscale("log", base=2)
+                ax.set_xticks(list(CONCURRENCY))
+                ax.set_xticklabels([str(c) for c in CONCURRENCY])
+                ax.set_xlabel("concurrent clients", fontsize=8)
+                ax.grid(alpha=0.3)
+        qps_ax[0].legend(fontsize=7)
+        lat_ax[0].legend(fontsize=6)
+    fig.suptitle("Predict: in-process vs bundled server (gRPC, loopback), with and without "
+                 "server-side batching", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- stages
+def _stage(args, *stage_args):
+    """Run one stage of this script in a fresh process; returns its JSON answer."""
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), *stage_args],
+                         capture_output=True, text=True, env=env, cwd=ROOT)
+    for line in out.stdout.splitlines():
+        if not line.startswith(("{", "[")):
+            print(line, flush=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"stage {stage_args[:2]} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def stage_train(root, models):
+    """Fresh process: train and export the rankers; answer with their paths and AUCs."""
+    _, info = build_models(root, models)
+    print(json.dumps(info))
+
+
+def _show(row):
+    extra = (f"  {row['requests_per_batch']:.1f} req/batch"
+             if "requests_per_batch" in row else "")
+    print(f"  {row['model']:10s} {row['mode']:16s} rows={row['rows']:<4d} "
+          f"c={row['concurrency']:<3d} p50 {row['p50_ms']:7.2f} ms  p99 {row['p99_ms']:7.2f} ms"
+          f"  {row['qps']:8.1f} req/s  errors {row['errors']}{extra}", flush=True)
+
+
+# --------------------------------------------------------------------------- main
+def _free_port():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _batch_totals(rest_port):
+    """(batches, requests) the batching server has run, from its Prometheus metrics."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{rest_port}/monitoring/prometheus/metrics",
+                                timeout=10) as resp:
+        text = resp.read().decode()
+    found = dict(re.findall(r"^:tensorflow:serving:batching_session:tasks_per_batch_(sum|count) "
+                            r"(\d+)$", text, re.M))
+    return int(found.get("count", 0)), int(found.get("sum", 0))
+
+
+def main(argv=None):
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv and argv[0] == "--stage-train":
+        return stage_train(argv[1], argv[2:]) or 0
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=list(RANKERS), choices=RANKERS)
+    parser.add_argument("--rows", type=int, nargs="+", default=[10, 100],
+                        help="rows per request (default: 10 and 100)")
+    parser.add_argument("--seconds", type=float, default=1.0,
+                        help="per cell and repeat (default 1)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="interleaved repeats of every cell (default 3)")
+    parser.add_argument("--max-requests", type=int, default=2000,
+                        help="per cell and repeat (default 2000)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY))
+    # Tuned on a 2-core machine: one batch thread and 5 ms to fill a batch gave the largest
+    # batches (about 8 requests at 16 clients); 0 ms batches only what queues up meanwhile.
+    parser.add_argument("--batch-timeout-micros", type=int, default=5000)
+    parser.add_argument("--num-batch-threads", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="DeepFM only, 1 repeat")
+    parser.add_argument("--out", default=os.path.join(HERE, "results", "serving.json"))
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.models, args.repeats = ["deepfm"], 1
+    import numpy as np
+    import tensorflow as tf
+
+    started = time.time()
+    load_before = _load_average()
+    results = []
+    modes = ("in_process", "server", "server_batching")
+    with tempfile.TemporaryDirectory(prefix="serving-bench-") as root:
+        print(f"training {len(args.models)} rankers (1 epoch, synthetic data), in a subprocess",
+              flush=True)
+        info = _stage(args, "--stage-train", root, *args.models)
+        skipped = {n: i["error"] for n, i in info.items() if "error" in i}
+        args.models = [n for n in args.models if n not in skipped]
+        if not args.models:
+            raise SystemExit(f"no model could be trained and exported: {skipped}")
+        # This process only loads the SavedModels: it is the in-process baseline and the
+        # gRPC client, one at a time.
+        ds = _dataset()
+        fns, arrays = {}, {}
+        for name in args.models:
+            fns[name] = tf.saved_model.load(info[name]["export_path"]).signatures[
+                "serving_default"]
+            for rows in args.rows:
+                arrays[name, rows] = request_arrays(ds, fns[name], rows)
+            info[name]["inputs"] = {k: [str(v.dtype), list(v.shape[1:])]
+                                    for k, v in arrays[name, args.rows[0]].items()}
+
+        batching = {"max_batch_size": max(args.rows) * max(args.concurrency),
+                    "batch_timeout_micros": args.batch_timeout_micros,
+                    "max_enqueued_batches": 1000, "num_batch_threads": args.num_batch_threads}
+        params = os.path.join(root, "batching.config")
+        with open(params, "w") as f:
+            f.write("".join(f"{k} {{ value: {v} }}\n" for k, v in batching.items()))
+        rest_port = _free_port()
+        print("starting the server twice: without and with batching", flush=True)
+        servers = {"server": ServerProcess(root),
+                   "server_batching": ServerProcess(root, (
+                       "--enable_batching", "--batching_parameters_file", params,
+                       "--rest_api_port", str(rest_port)))}
+        try:
+            for name in args.models:
+                for rows in args.rows:
+                    for c in args.concurrency:
+                        cells = {m: [] for m in modes}
+                        batch_stats = [0, 0]
+                        for r in range(args.repeats):
+                            order = modes[r % 3:] + modes[:r % 3]  # rotate: no mode always first
+                            for mode in order:
+                                if mode == "in_process":
+                                    make, channels = in_process_caller(
+                                        fns[name], arrays[name, rows]), []
+                                else:
+                                    make, channels = grpc_caller(servers[mode].target, name,
+                                                                 arrays[name, rows])
+                                if mode == "server_batching":
+                                    before = _batch_totals(rest_port)
+                                cells[mode].append(run_cell(make, c, args.seconds,
+                                                            args.max_requests))
+                                if mode == "server_batching":
+                                    after = _batch_totals(rest_port)
+                                    batch_stats[0] += after[0] - before[0]
+                                    batch_stats[1] += after[1] - before[1]
+                                for ch in channels:
+                                    ch.close()
+                        for mode in modes:
+                            row = {"model": name, "mode": mode, "concurrency": c,
+                                   "rows": rows, **summarize_repeats(cells[mode], rows)}
+                            if mode == "server_batching":
+                                row["requests_per_batch"] = round(
+                                    batch_stats[1] / max(1, batch_stats[0]), 2)
+                            results.append(row)
+                            _show(row)
+        finally:
+            for server in servers.values():
+                server.stop()
+
+    summary = {}
+    c_lo, c_hi = min(args.concurrency), max(args.concurrency)
+    for name in args.models:
+        for rows in args.rows:
+            def cell(mode, c):
+                return next((r for r in results if r["model"] == name and r["mode"] == mode
+                             and r["concurrency"] == c and r["rows"] == rows), None)
+            inproc, srv = cell("in_process", c_lo), cell("server", c_lo)
+            srv_hi, bat_hi = cell("server", c_hi), cell("server_batching", c_hi)
+            overhead = round(srv["p50_ms"] - inproc["p50_ms"], 3)
+            speedup = round(bat_hi["qps"] / srv_hi["qps"], 2) if srv_hi["qps"] else None
+            summary[f"{name}/{rows}_rows"] = {
+                f"server_overhead_p50_ms_at_{c_lo}": overhead,
+                "meets_overhead_target": overhead <= TARGET_OVERHEAD_MS,
+                f"batching_qps_speedup_at_{c_hi}": speedup,
+                "meets_batching_target": bool(speedup and speedup >= TARGET_BATCHING_SPEEDUP),
+                "errors": sum(r["errors"] for r in results
+                              if r["model"] == name and r["rows"] == rows)}
+    out = {
+        "benchmark": "serving",
+        "description": "Predict latency/QPS through the bundled gRPC server (127.0.0.1) vs "
+                       "the same SavedModel in-process; with and without server-side batching",
+        "targets": {"server_overhead_p50_ms": TARGET_OVERHEAD_MS,
+                    "batching_qps_speedup": TARGET_BATCHING_SPEEDUP},
+        "config": {"models": args.models, "rows_per_request": args.rows,
+                   "seconds_per_cell_and_repeat": args.seconds, "repeats": args.repeats,
+                   "max_requests_per_cell_and_repeat": args.max_requests,
+                   "method": "every (model, rows, clients) cell runs in_process, server and "
+                             "server_batching back to back, repeated with the order rotated; "
+                             "p50/p99 over all repeats' requests, QPS the median repeat",
+                   "concurrency": args.concurrency, "batching_parameters": batching,
+                   "in_process": "the benchmark process (training ran in a subprocess): "
+                                 "tf.saved_model.load + signature call per request, numpy "
+                                 "in and out",
+                   "server": "python -m recsys_tf.serving.server (subprocess), default threads",
+                   "client": "one gRPC channel per client thread, request built once, response "
+                             "decoded per call"},
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                    "python": platform.python_version(), "tensorflow": tf.__version__,
+                    "numpy": np.__version__, "load_average_before": load_before,
+                    "load_average_after": _load_average()},
+        "models": info, "skipped_models": skipped, "summary": summary, "results": results,
+        "seconds": round(time.time() - started, 1),
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(out, f, indent=2)
+    plot(results, os.path.splitext(args.out)[0] + ".png", args.rows)
+    print(json.dumps(summary, indent=2))
+    print(f"wrote {args.out} ({out['seconds']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,344 @@
+"""The client when things go wrong: retries, deadlines, stopped models and servers, new versions.
+
+Client-side faults are injected by a ``ServingClient`` stand-in in front of the shared session
+server; server-side ones use a ModelServer of this module's own (on copies of the session's
+exports plus a tiny DCN-v2), a slow gRPC proxy in front of it, and a server stopped mid-run.
+"""
+import json
+import os
+import shutil
+import threading
+import time
+from concurrent import futures
+
+import grpc
+import numpy as np
+import pytest
+from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+from recsys_tf.cli import main
+from recsys_tf.serving.client import Recommender
+from recsys_tf.serving.grpc_client import ServingClient
+from recsys_tf.serving.server import ModelServer
+
+SLACK_S = 0.25  # scheduling slack on a shared 2-core machine when checking a deadline held
+
+
+class InjectedError(grpc.RpcError):
+    def __init__(self, code):
+        super().__init__()
+        self._code = code
+
+    def code(self):
+        return self._code
+
+    def details(self):
+        return f"injected {self._code.name}"
+
+
+class Flaky:
+    """A ServingClient stand-in: the first ``times`` Predicts of a model fail with ``code``
+    (``times=None``: all of them), then calls go to the real server. Records every call."""
+
+    def __init__(self, target, faults):
+        self.real = ServingClient(target)
+        self.faults = {m: [code, times] for m, (code, times) in faults.items()}
+        self.calls = []  # (model, time.monotonic(), timeout)
+
+    def signature(self, *args, **kwargs):
+        return self.real.signature(*args, **kwargs)
+
+    def predict(self, model, inputs, timeout=None, **kwargs):
+        self.calls.append((model, time.monotonic(), timeout))
+        fault = self.faults.get(model)
+        if fault and (fault[1] is None or fault[1] > 0):
+            if fault[1] is not None:
+                fault[1] -= 1
+            raise InjectedError(fault[0])
+        return self.real.predict(model, inputs, timeout=timeout, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def tables(trained):
+    return os.path.join(trained["two_tower"][0]["export_path"], "assets.extra")
+
+
+@pytest.fixture(scope="module")
+def user(tiny_synthetic):
+    ds = tiny_synthetic
+    u = ds.test.user_id.iloc[0]
+    row = ds.test[ds.test.user_id == u].iloc[0]
+    return u, {n: row[n] for n in ds.feature_set.with_role("context")}
+
+
+# ---------------------------------------------------------------------------- retries (injected)
+def test_unavailable_is_retried_then_answers(server, tables, user):
+    u, ctx = user
+    flaky = Flaky(server, {"deepfm": (grpc.StatusCode.UNAVAILABLE, 2),
+                           "two_tower": (grpc.StatusCode.UNAVAILABLE, 1)})
+    rec = Recommender(server, tables, client=flaky, backoff=(0.001, 0.01), max_attempts=3)
+    res = rec.recommend(u, k=5, context=ctx)
+    assert res.degraded is None and res.retries == 3
+    assert [m for m, _, _ in flaky.calls] == ["two_tower"] * 2 + ["deepfm"] * 3
+    gaps = [b[1] - a[1] for a, b in zip(flaky.calls[2:], flaky.calls[3:])]
+    assert all(g >= 0.0005 for g in gaps)  # backed off (first delay drawn from [0.5, 1] ms)
+
+
+def test_attempts_are_capped(server, tables, user):
+    u, ctx = user
+    flaky = Flaky(server, {"deepfm": (grpc.StatusCode.UNAVAILABLE, None)})
+    rec = Recommender(server, tables, client=flaky, backoff=(0.001, 0.002), max_attempts=4)
+    res = rec.recommend(u, k=5, context=ctx)
+    assert res.degraded == "ranker failed (UNAVAILABLE): retrieval order"
+    assert [m for m, _, _ in flaky.calls].count("deepfm") == 4 and res.retries == 3
+
+
+def test_only_unavailable_is_retried_unless_configured(server, tables, user):
+    u, ctx = user
+    for code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED,
+                 grpc.StatusCode.INTERNAL, grpc.StatusCode.INVALID_ARGUMENT):
+        flaky = Flaky(server, {"deepfm": (code, 1)})
+        res = Recommender(server, tables, client=flaky).recommend(u, k=5, context=ctx)
+        assert res.degraded == f"ranker failed ({code.name}): retrieval order"
+        assert res.retries == 0
+    flaky = Flaky(server, {"deepfm": (grpc.StatusCode.RESOURCE_EXHAUSTED, 1)})
+    rec = Recommender(server, tables, client=flaky, retry_resource_exhausted=True)
+    res = rec.recommend(u, k=5, context=ctx)
+    assert res.degraded is None and res.retries == 1
+
+
+def test_retries_never_run_past_the_stage_deadline(server, tables, user):
+    u, ctx = user
+    flaky = Flaky(server, {"deepfm": (grpc.StatusCode.UNAVAILABLE, None)})
+    timeout = 0.4
+    rec = Recommender(server, tables, client=flaky, timeout=timeout, max_attempts=1000,
+                      backoff=(0.02, 0.08), stage_shares=(0.3, 0.8))
+    start = time.monotonic()
+    res = rec.recommend(u, k=5, context=ctx)
+    elapsed = time.monotonic() - start
+    assert res.degraded == "ranker failed (UNAVAILABLE): retrieval order"
+    ranker_calls = [(t, to) for m, t, to in flaky.calls if m == "deepfm"]
+    assert 3 <= len(ranker_calls) < 1000 and res.retries == len(ranker_calls) - 1
+    stage_end = start + 0.8 * timeout
+    for t, to in ranker_calls:  # no call starts after, nor is allowed to run past, the deadline
+        assert t < stage_end and t + to <= stage_end + 1e-3
+    assert elapsed <= timeout + SLACK_S
+    assert [r.retrieval_score for r in res.items] == sorted(
+        (r.retrieval_score for r in res.items), reverse=True)
+
+
+# ---------------------------------------------------------------------------- own server
+@pytest.fixture(scope="module")
+def fault_root(trained, tiny_synthetic, tmp_path_factory):
+    """Copies of the session's exports plus a tiny DCN-v2 and a toy ranker ("canary")."""
+    from recsys_tf.cli import train
+
+    root = tmp_path_factory.mktemp("fault_models")
+    for name in ("two_tower", "deepfm"):
+        shutil.copytree(os.path.join(trained["root"], name), root / name)
+    train("dcn_v2", tiny_synthetic, epochs=1, batch_size=256, export_dir=str(root), verbose=0,
+          options={"dim": 4, "dnn_units": [8], "cross_layers": 1})
+    _toy_ranker(root / "canary" / "1", ["user_id", "item_id"], 0.25)
+    return root
+
+
+def _toy_ranker(path, inputs, value):
+    """A SavedModel ranker taking string ``inputs`` and answering ``value`` for every row."""
+    from recsys_tf.backend import tf
+
+    module = tf.Module()
+    fn = tf.function(lambda **x: {"probability": tf.fill(tf.shape(x[inputs[0]]), value)})
+    sig = fn.get_concrete_function(**{n: tf.TensorSpec([None], tf.string, name=n)
+                                      for n in inputs})
+    tmp = str(path) + ".tmp"
+    tf.saved_model.save(module, tmp, signatures={"serving_default": sig})
+    os.rename(tmp, path)
+
+
+@pytest.fixture(scope="module")
+def fault_server(fault_root):
+    srv = ModelServer(model_base_path=str(fault_root), host="127.0.0.1", port=0)
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+class _SlowProxy(prediction_service_pb2_grpc.PredictionServiceServicer):
+    """Forwards to a server, holding Predict for the models in ``delays`` first."""
+
+    def __init__(self, upstream, delays):
+        self.stub = prediction_service_pb2_grpc.PredictionServiceStub(
+            grpc.insecure_channel(upstream))
+        self.delays = delays
+
+    def Predict(self, request, context):
+        time.sleep(self.delays.get(request.model_spec.name, 0))
+        return self.stub.Predict(request, timeout=10)
+
+    def GetModelMetadata(self, request, context):
+        return self.stub.GetModelMetadata(request, timeout=10)
+
+
+@pytest.fixture
+def slow_proxy(fault_server):
+    delays = {}
+    srv = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+        _SlowProxy(fault_server.target, delays), srv)
+    port = srv.add_insecure_port("127.0.0.1:0")
+    srv.start()
+    yield f"127.0.0.1:{port}", delays
+    srv.stop(0)
+
+
+def test_slow_ranker_times_out_to_retrieval_order(slow_proxy, tables, user):
+    target, delays = slow_proxy
+    u, ctx = user
+    with Recommender(target, tables, ranker="dcn_v2", timeout=0.5) as rec:
+        warm = rec.recommend(u, k=5, context=ctx)  # reads both signatures
+        delays["dcn_v2"] = 2.0
+        start = time.monotonic()
+        res = rec.recommend(u, k=5, context=ctx)
+        elapsed = time.monotonic() - start
+    assert warm.degraded is None
+    assert res.degraded == "ranker failed (DEADLINE_EXCEEDED): retrieval order"
+    assert elapsed <= 0.5 + SLACK_S and res.timings_ms["total"] <= 500 + SLACK_S * 1e3
+    assert len(res.items) == 5 and all(r.ranking_score is None for r in res.items)
+
+
+def test_slow_retrieval_falls_back_to_ranked_popular_items(slow_proxy, tables, user):
+    target, delays = slow_proxy
+    u, ctx = user
+    with Recommender(target, tables, ranker="dcn_v2", timeout=0.5) as rec:
+        rec.recommend(u, k=5, context=ctx)
+        delays["two_tower"] = 2.0
+        start = time.monotonic()
+        res = rec.recommend(u, k=5, context=ctx, n_candidates=20)
+        elapsed = time.monotonic() - start
+        popular = rec.items.popular(20, exclude=rec.users.get(u).get("seen") or ())
+    assert res.degraded == "retrieval failed (DEADLINE_EXCEEDED): most popular items"
+    # retrieval had its share (40%) of the deadline; the ranker still ranked the popular items
+    assert res.timings_ms["retrieval"] <= 0.4 * 500 + SLACK_S * 1e3
+    assert elapsed <= 0.5 + SLACK_S
+    assert {r.item_id for r in res.items} <= set(popular)
+    assert all(r.ranking_score is not None for r in res.items)
+    assert all("popularity_rank" in r.reasons for r in res.items)
+
+
+def _loop(rec, u, ctx, results, errors, stop):
+    while not stop.is_set():
+        try:
+            start = time.monotonic()
+            res = rec.recommend(u, k=5, context=ctx, n_candidates=20)
+            results.append((time.monotonic() - start, res))
+        except Exception as e:  # the test fails on any
+            errors.append(e)
+            return
+
+
+def _wait(predicate, timeout=30.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        time.sleep(0.01)
+    raise AssertionError("condition not reached in time")
+
+
+def test_ranker_model_stopped_mid_run(fault_server, fault_root, tables, user, tmp_path):
+    u, ctx = user
+    results, errors, stop = [], [], threading.Event()
+    with Recommender(fault_server.target, tables, ranker="dcn_v2", timeout=1.0) as rec:
+        thread = threading.Thread(target=_loop, args=(rec, u, ctx, results, errors, stop))
+        thread.start()
+        try:
+            _wait(lambda: len(results) >= 3 or errors)
+            shutil.move(str(fault_root / "dcn_v2"), str(tmp_path / "dcn_v2"))
+            fault_server.reload()  # the ranker's folder is gone: unloaded
+            mark = len(results)
+            _wait(lambda: sum(1 for _, r in results[mark:] if r.degraded) >= 3 or errors)
+            shutil.move(str(tmp_path / "dcn_v2"), str(fault_root / "dcn_v2"))
+            fault_server.reload()
+            mark = len(results)
+            _wait(lambda: sum(1 for _, r in results[mark:] if not r.degraded) >= 3 or errors)
+        finally:
+            stop.set()
+            thread.join()
+    assert not errors, errors
+    degraded = [r for _, r in results if r.degraded]
+    assert degraded and results[0][1].degraded is None and results[-1][1].degraded is None
+    for r in degraded:
+        assert r.degraded == "ranker failed (NOT_FOUND): retrieval order"
+        assert all(x.ranking_score is None for x in r.items)
+        scores = [x.retrieval_score for x in r.items]
+        assert scores == sorted(scores, reverse=True)
+    assert all(len(r.items) == 5 for _, r in results)
+    assert max(t for t, _ in results) <= 1.0 + SLACK_S
+
+
+def test_new_ranker_version_with_another_signature(fault_server, fault_root, tables, user):
+    """The cached signature is refreshed when the served version changes under the client."""
+    u, ctx = user
+    with Recommender(fault_server.target, tables, ranker="canary") as rec:
+        before = rec.recommend(u, k=4, context=ctx)
+        _toy_ranker(fault_root / "canary" / "2", ["item_id", "category"], 0.75)
+        fault_server.reload()
+        after = rec.recommend(u, k=4, context=ctx)
+    assert before.degraded is None and before.models["ranker"]["version"] == 1
+    assert [r.ranking_score for r in before.items] == [0.25] * 4
+    # the request built from version 1 (user_id, item_id) was refused; the client re-read
+    # the metadata, rebuilt the request for version 2 (item_id, category) and sent it again
+    assert after.degraded is None and after.models["ranker"]["version"] == 2
+    assert [r.ranking_score for r in after.items] == [0.75] * 4
+
+
+def test_cli_recommend_json_with_dcn_v2(fault_server, tables, tiny_synthetic, capsys):
+    u = tiny_synthetic.test.user_id.iloc[0]
+    rc = main(["recommend", "--user-id", u, "--k", "10", "--ranker", "dcn_v2",
+               "--diversity", "0.3", "--json", "--target", fault_server.target,
+               "--tables", tables])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["degraded"] is None and len(out["items"]) == 10
+    assert out["models"]["ranker"] == {"name": "dcn_v2", "version": 1}
+    for pos, item in enumerate(out["items"], 1):
+        why = item["reasons"]
+        assert why["mmr_position"] == pos and "mmr_penalty" in why
+        assert why["ranking_score"] == item["ranking_score"] and "retrieval_rank" in why
+    assert {"retrieval", "ranking", "rerank", "total"} <= set(out["timings_ms"])
+    rc = main(["recommend", "--user-id", u, "--k", "3", "--ranker", "dcn_v2", "--target",
+               fault_server.target, "--tables", tables, "--category-cap", "1"])
+    text = capsys.readouterr().out
+    assert rc == 0 and "reasons" in text and "retrieved #" in text
+
+
+def test_server_stopped_mid_run(fault_server, tables, user, caplog):
+    """Last in this module: it stops the module's server. Once the server is gone every answer
+    is the most popular unseen items, flagged, within the deadline, and nothing raises."""
+    u, ctx = user
+    results, errors, stop = [], [], threading.Event()
+    with Recommender(fault_server.target, tables, ranker="dcn_v2", timeout=0.5) as rec:
+        popular = rec.items.popular(20, exclude=rec.users.get(u).get("seen") or ())
+        thread = threading.Thread(target=_loop, args=(rec, u, ctx, results, errors, stop))
+        thread.start()
+        try:
+            _wait(lambda: len(results) >= 3 or errors)
+            fault_server.stop()
+            mark = len(results)
+            _wait(lambda: len(results) >= mark + 5 or errors)
+        finally:
+            stop.set()
+            thread.join()
+    assert not errors, errors
+    assert results[0][1].degraded is None
+    last = results[-1][1]
+    assert last.degraded.startswith("retrieval failed (UNAVAILABLE): most popular items")
+    assert "ranker failed (UNAVAILABLE): popularity order" in last.degraded
+    assert [r.item_id for r in last.items] == popular[:5]
+    assert np.all([r.ranking_score is None for r in last.items])
+    assert all(len(r.items) == 5 for _, r in results)
+    assert max(t for t, _ in results) <= 0.5 + SLACK_S
+    # the outage is logged when it starts, not on every degraded answer
+    warnings = [r for r in caplog.records if r.name == "recsys_tf.client"
+                and "retrieval failing (UNAVAILABLE" in r.getMessage()]
+    assert len(warnings) == 1
