@@ -375,10 +375,22 @@ def cmd_demo(args):
     return 0
 
 
+BENCHMARKS = ("ranking", "retrieval", "dien", "serving", "client")
+
+
 def cmd_bench(args):
-    _say("benchmarks live in benchmarks/ (one script per measurement); none is wired into "
-         "`recsys-tf bench` in this version yet")
-    return 2
+    """Runs ``benchmarks/NAME.py`` of a source checkout (they are not part of the package)."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = os.path.join(root, "benchmarks", f"{args.name}.py")
+    if not os.path.exists(script):
+        _say(f"error: {script} not found: benchmarks ship with the source checkout, not the "
+             "installed package")
+        return 2
+    cmd = [sys.executable, script] + (["--quick"] if args.quick else []) + list(args.extra)
+    _say("running " + " ".join(cmd))
+    return subprocess.call(cmd, cwd=root)
 
 
 def build_parser():
@@ -487,7 +499,12 @@ def build_parser():
     s.add_argument("--diversity", type=float, default=0.2)
     s.set_defaults(fn=cmd_demo)
 
-    s = sub.add_parser("bench", help="benchmarks (see benchmarks/)")
+    s = sub.add_parser("bench", help="run a benchmark from benchmarks/ (JSON + plot in "
+                       "benchmarks/results/)")
+    s.add_argument("name", choices=BENCHMARKS)
+    s.add_argument("--quick", action="store_true", help="the few-minute version")
+    s.add_argument("extra", nargs=argparse.REMAINDER,
+                   help="further options passed to the benchmark script")
     s.set_defaults(fn=cmd_bench)
     return p
 
