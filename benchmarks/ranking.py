@@ -89,7 +89,7 @@ DEEPCTR_NAMES = {"wide_deep": "WDL", "deepfm": "DeepFM", "xdeepfm": "xDeepFM",
                  "dcn_v2": "DCN (matrix)"}
 DATASETS = ("movielens-100k", "criteo-synthetic")
 DIM, HIDDEN, BATCH, LR = 16, (256, 128), 1024, 1e-3
-CIN, CROSS_LAYERS = (128, 128), 3
+CIN, CROSS_LAYERS = (64, 64), 3
 AUC_TARGET, SPEED_TARGET = 0.003, 1.5
 MODEL_NOTES = {
     "wide_deep": "ours: wide part = one-hot of every feature (keras.experimental.LinearModel, "
@@ -294,7 +294,8 @@ def measure_speed(ours, theirs, n_train, rounds, reps):
             "epoch_cpu_seconds": [round(x, 3) for x in cpu[key]],
             "predict_1024_ms": statistics.median(lat[key]),
         }
-    out["speedup_wall"] = out["ours"]["train_examples_per_sec"] / out["deepctr"]["train_examples_per_sec"]
+    out["speedup_wall"] = (out["ours"]["train_examples_per_sec"]
+                           / out["deepctr"]["train_examples_per_sec"])
     out["speedup_cpu"] = (out["ours"]["train_examples_per_cpu_sec"]
                           / out["deepctr"]["train_examples_per_cpu_sec"])
     out["speedup_wall_per_round"] = [round(b / a, 3) for a, b in zip(wall["ours"], wall["deepctr"])]
@@ -357,7 +358,8 @@ def run_dataset(name, args, log):
         row["speed_target_met"] = bool(speed["speedup_wall"] >= SPEED_TARGET)
         result["models"][m] = row
         log(f"  {m:9s}: AUC {row['ours']['auc']:.4f} vs {row['deepctr']['auc']:.4f} "
-            f"(delta {row['auc_delta']:+.4f}); train {row['ours']['train_examples_per_sec']:,.0f} vs "
+            f"(delta {row['auc_delta']:+.4f}); train "
+            f"{row['ours']['train_examples_per_sec']:,.0f} vs "
             f"{row['deepctr']['train_examples_per_sec']:,.0f} ex/s (x{speed['speedup_wall']:.2f} "
             f"wall, x{speed['speedup_cpu']:.2f} CPU); predict-1024 "
             f"{row['ours']['predict_1024_ms']:.1f} vs {row['deepctr']['predict_1024_ms']:.1f} ms")

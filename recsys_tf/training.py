@@ -67,8 +67,11 @@ def _batches(tensors, n, batch_size, shuffle, seed):
     if shuffle:
         idx = idx.shuffle(n, seed=seed, reshuffle_each_iteration=True)
     idx = idx.batch(batch_size)
-    return idx.map(lambda i: tf.nest.map_structure(lambda t: tf.gather(t, i), tensors),
-                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    def gather(i):
+        return tf.nest.map_structure(lambda t: tf.gather(t, i), tensors)
+
+    return idx.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def make_dataset(feature_set, frame, features, batch_size=256, label=None, shuffle=False,
@@ -98,7 +101,10 @@ def encoded_dataset(model, feature_set, frame, batch_size=256, label=None, shuff
         data = frame.tf_dataset(model.features, batch_size=batch_size,
                                 label=label is not None, shuffle=shuffle, seed=seed)
         if label is not None:
-            return data.map(lambda x, y: (encode(x), y), num_parallel_calls=tf.data.AUTOTUNE)
+            def encode_features(x, y):
+                return encode(x), y
+
+            return data.map(encode_features, num_parallel_calls=tf.data.AUTOTUNE)
         return data.map(encode, num_parallel_calls=tf.data.AUTOTUNE)
     x = feature_set.arrays(frame, model.features)
     n = len(frame)
@@ -139,10 +145,18 @@ def predict_batches(model, data):
     one compiled function per model (reused across calls)."""
     fn = _PREDICT_FNS.get(model)
     if fn is None:
-        fn = _PREDICT_FNS[model] = tf.function(lambda x: model(x, training=False),
-                                               reduce_retracing=True)
+        ref = weakref.ref(model)       # the cache must not keep the model alive
+
+        def predict_step(x):
+            return ref()(x, training=False)
+
+        fn = _PREDICT_FNS[model] = tf.function(predict_step, reduce_retracing=True)
     out = [fn(b[0] if isinstance(b, tuple) else b).numpy().reshape(-1) for b in data]
     return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def _features_only(x, y):
+    return x
 
 
 def _verbose(verbose):
@@ -203,7 +217,8 @@ def train_ranker(model, ds, epochs=2, batch_size=256, learning_rate=1e-3, verbos
     fast = bool(getattr(model, "supports_encoded_inputs", False))
     encode = fast if encode is None else encode
     optimizer = ("lazy_adam" if fast else "adam") if optimizer is None else optimizer
-    steps_per_execution = (16 if fast else 1) if steps_per_execution is None else steps_per_execution
+    if steps_per_execution is None:
+        steps_per_execution = 16 if fast else 1
     with strategy.scope():
         model.compile(optimizer=ranker_optimizer(model, learning_rate, optimizer),
                       loss="binary_crossentropy",
@@ -219,7 +234,7 @@ def train_ranker(model, ds, epochs=2, batch_size=256, learning_rate=1e-3, verbos
     train = data(ds.train, batch_size, True)
     callbacks = []
     if ds.valid is not None and _n_rows(ds.valid):
-        valid = data(ds.valid, 4096, False).map(lambda x, y: x)
+        valid = data(ds.valid, 4096, False).map(_features_only)
         callbacks += [ValidationMetrics(valid, np.asarray(ds.valid[label])),
                       keras.callbacks.EarlyStopping(monitor="val_auc", mode="max",
                                                     patience=patience,

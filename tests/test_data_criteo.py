@@ -232,7 +232,7 @@ def test_bucketise_and_split_sizes():
     assert C.split_sizes(17) == (13, 2, 2)
 
 
-# -- the Criteo-format synthetic set -----------------------------------------------------------------
+# -- the Criteo-format synthetic set ----------------------------------------------------------
 def test_synthetic_is_criteo_format_with_an_oracle(tmp_path):
     ds = data.load("criteo-synthetic", None, n_rows=3000, seed=1)
     assert (len(ds.train), len(ds.valid), len(ds.test)) == (2400, 300, 300)
@@ -250,7 +250,7 @@ def test_synthetic_is_criteo_format_with_an_oracle(tmp_path):
     pd.testing.assert_frame_equal(back, gen[list(C.COLUMNS)], check_dtype=False)
 
 
-# -- the command line -------------------------------------------------------------------------------
+# -- the command line ------------------------------------------------------------------------
 def test_cli_trains_deepfm_on_the_real_sample(sample, tmp_path):
     from recsys_tf.cli import main
 

@@ -228,8 +228,8 @@ def scan(path: str, on_bad_lines: str = "error", data: bytes | None = None) -> S
     total = pos + len(carry)
     if carry:
         process(carry, pos, final=True)
-    return ScanResult(path=path, n_lines=n_lines,
-                      bad_lines=np.concatenate(bad).astype(np.int64) if bad else np.zeros(0, np.int64),
+    bad_lines = np.concatenate(bad).astype(np.int64) if bad else np.zeros(0, np.int64)
+    return ScanResult(path=path, n_lines=n_lines, bad_lines=bad_lines,
                       bad_examples=examples, offsets=np.asarray(offsets, dtype=np.int64),
                       n_bytes=total)
 
@@ -254,6 +254,27 @@ def _read_csv(source, nrows=None, skiprows=None, chunksize=None, usecols=None):
         nrows=nrows, skiprows=skiprows, chunksize=chunksize, engine="c", lineterminator="\n")
 
 
+def _numbers(s: pd.Series):
+    """Strings -> float64: ``""`` and anything that is not a finite number -> NaN (what
+    ``pd.to_numeric`` parses; a column with any other text falls back to ``NUMBER_RE``, the
+    rule of the tf.data path). Returns ``(values, non-empty values that were not numbers)``."""
+    v = s.to_numpy(dtype=object)
+    empty = v == ""
+    try:   # the common case, in C: every non-empty value parses
+        x = pd.to_numeric(pd.Series(np.where(empty, None, v)), errors="raise").to_numpy(
+            np.float64, na_value=np.nan)
+        strange = ~empty & ~np.isfinite(x)           # "nan", "inf" written out
+        if strange.any():
+            x[strange] = np.nan
+        return x, int(strange.sum())
+    except (ValueError, TypeError):
+        pass
+    good = s.str.fullmatch(NUMBER_RE).to_numpy(dtype=bool)   # slow path: per value
+    x = np.full(len(v), np.nan)
+    x[good] = v[good].astype(np.float64)
+    return x, int((~good & ~empty).sum())
+
+
 def _typed(frame: pd.DataFrame, integers: str, counter: dict | None = None) -> pd.DataFrame:
     """String columns -> label int64, I fields float64 (``log``) or bucket strings, C as str."""
     out = {}
@@ -262,13 +283,9 @@ def _typed(frame: pd.DataFrame, integers: str, counter: dict | None = None) -> p
     for c in INT_COLUMNS:
         if c not in frame:
             continue
-        s = frame[c]
-        good = s.str.fullmatch(NUMBER_RE).to_numpy(dtype=bool)
-        x = np.full(len(s), np.nan)
-        x[good] = s.to_numpy()[good].astype(np.float64)
+        x, n_bad = _numbers(frame[c])
         if counter is not None:
-            counter["unparsable_integers"] = counter.get("unparsable_integers", 0) + int(
-                ((~good) & (s.to_numpy() != "")).sum())
+            counter["unparsable_integers"] = counter.get("unparsable_integers", 0) + n_bad
         out[c] = bucketise(x) if integers == "bucket" else x
     for c in CAT_COLUMNS:
         if c in frame:
@@ -516,15 +533,22 @@ class CriteoSplit:
         lines = tf.data.TextLineDataset(self.scan.path).skip(self.first_line).take(
             self.end_line - self.first_line)
         if len(self.bad_lines):
-            bad = tf.constant(self.bad_lines - self.first_line, tf.int64)
-            lines = lines.enumerate().filter(
-                lambda i, _: tf.logical_not(tf.reduce_any(tf.equal(bad, i)))).map(lambda i, s: s)
+            bad = tf.constant(self.bad_lines - self.first_line, tf.int64)   # sorted
+
+            last = len(self.bad_lines) - 1
+
+            def good(i, _):     # not one of the bad lines (binary search)
+                j = tf.minimum(tf.searchsorted(bad, tf.reshape(i, [1]))[0], last)
+                return tf.not_equal(bad[j], i)
+
+            lines = lines.enumerate().filter(good).map(lambda i, s: s)
         if shuffle:
             lines = lines.shuffle(min(int(shuffle_buffer), max(self.n_rows, 1)), seed=seed,
                                   reshuffle_each_iteration=True)
         parse = make_line_parser(features, self.integers, label)
+        # a known size lets Keras run several steps per call
         batches = lines.batch(batch_size).apply(tf.data.experimental.assert_cardinality(
-            -(-self.n_rows // int(batch_size))))      # known size: Keras can run several steps per call
+            -(-self.n_rows // int(batch_size))))
         return batches.map(parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 

@@ -102,6 +102,7 @@ class AUGRUCell(keras.layers.Layer):
         h_new = (1.0 - update) * h + update * candidate
         return h_new, [h_new]
 
+    @tf.autograph.experimental.do_not_convert
     def sequence(self, inputs, scores, mask=None, return_sequences=True):
         """All states ``[b, L, units]`` for inputs ``[b, L, d]``, scores ``[b, L]`` and mask
         ``[b, L]`` (None: all real), as ``keras.layers.RNN(self, return_sequences=True)`` gives
@@ -130,6 +131,7 @@ class AUGRUCell(keras.layers.Layer):
         return config
 
 
+@tf.autograph.experimental.do_not_convert
 def keras_gru_sequence(layer, inputs, mask=None):
     """All states ``[b, L, units]`` of a ``keras.layers.GRU`` (``reset_after=True``, tanh and
     sigmoid, no dropout) over ``inputs [b, L, d]``, as ``layer(inputs, mask=mask)`` with
@@ -166,6 +168,7 @@ def time_dense(x, kernel):
     return tf.reshape(tf.matmul(tf.reshape(x, [-1, d]), kernel), shape)
 
 
+@tf.autograph.experimental.do_not_convert
 def recurrence(projected, weight, recurrent_kernel, candidate_bias=None, gated=True,
                return_sequences=True):
     """The GRU-family recurrence over precomputed input products, with a hand-written gradient.

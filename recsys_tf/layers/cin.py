@@ -21,6 +21,9 @@ Args:
   use_bias: add a bias per feature map (default False: the paper's equation has none).
   kernel_initializer: initialiser of the 1x1 convolution kernels (default ``"glorot_uniform"``).
   l2: L2 penalty on the kernels (default 0).
+  compute_dtype: ``"float32"`` (default), ``"bfloat16"`` (outer products and compressions in
+    bfloat16, kernels kept float32, pooled output float32) or ``"auto"`` (see
+    :func:`recsys_tf.layers.mlp.resolve_compute_dtype`).
 
 Inputs: ``[batch, m, D]``. Outputs: ``[batch, output_size]``.
 
@@ -32,12 +35,14 @@ Reference: Lian et al., "xDeepFM: Combining Explicit and Implicit Feature Intera
 Recommender Systems", KDD 2018 (Eq. 6 for a layer, split_half as in the authors' code).
 """
 from recsys_tf.backend import keras, tf
+from recsys_tf.layers.mlp import resolve_compute_dtype
 
 
 class CIN(keras.layers.Layer):
     def __init__(self, layer_sizes=(128, 128), split_half=True, activation=None, use_bias=False,
-                 kernel_initializer="glorot_uniform", l2=0.0, **kwargs):
+                 kernel_initializer="glorot_uniform", l2=0.0, compute_dtype="float32", **kwargs):
         super().__init__(**kwargs)
+        self.compute_dtype_ = resolve_compute_dtype(compute_dtype)
         self.layer_sizes = [int(h) for h in layer_sizes]
         if not self.layer_sizes or any(h < 1 for h in self.layer_sizes):
             raise ValueError(f"CIN layer_sizes={layer_sizes}, expected one or more positive sizes")
@@ -81,22 +86,27 @@ class CIN(keras.layers.Layer):
 
     def call(self, x0):
         m, d = x0.shape[1], x0.shape[2]
+        dtype = tf.bfloat16 if self.compute_dtype_ == "bfloat16" else x0.dtype
+        # embedding dimension first, [b, D, m]: every step below is then a broadcast or one
+        # matmul over rows (b, D), with no transpose of the large interaction tensor
+        x0 = tf.transpose(tf.cast(x0, dtype), [0, 2, 1])
         x, pooled = x0, []
         for k, kernel in enumerate(self.kernels):
-            # outer product along the field axes, per embedding dimension: [b, H_{k-1}, m, D]
-            z = tf.einsum("bhd,bmd->bhmd", x, x0)
-            z = tf.reshape(z, [-1, x.shape[1] * m, d])
-            # 1x1 convolution over the H_{k-1} * m interaction maps: [b, H_k, D]
-            x = tf.einsum("bnd,nh->bhd", z, kernel)
+            h = x.shape[2]
+            # outer product along the field axes, per embedding dimension: [b, D, H_{k-1}, m]
+            z = x[:, :, :, None] * x0[:, :, None, :]
+            # 1x1 convolution over the H_{k-1} * m interaction maps: [b, D, H_k]
+            x = tf.reshape(tf.matmul(tf.reshape(z, [-1, h * m]), tf.cast(kernel, dtype)),
+                           [-1, d, kernel.shape[1]])
             if self.use_bias:
-                x = x + self.biases[k]
+                x = x + tf.cast(self.biases[k][:, 0], dtype)
             x = self.activation(x)
             keep, _ = self._split(k)
             if self.split_half and keep:
-                x, direct = x[:, :keep], x[:, keep:]     # first half on, second half out
+                x, direct = x[:, :, :keep], x[:, :, keep:]   # first half on, second half out
             else:
                 direct = x
-            pooled.append(tf.reduce_sum(direct, axis=2))
+            pooled.append(tf.reduce_sum(tf.cast(direct, tf.float32), axis=1))
         return tf.concat(pooled, axis=1)
 
     def compute_output_shape(self, input_shape):
@@ -108,5 +118,5 @@ class CIN(keras.layers.Layer):
             "layer_sizes": self.layer_sizes, "split_half": self.split_half,
             "activation": keras.activations.serialize(self.activation), "use_bias": self.use_bias,
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-            "l2": self.l2})
+            "l2": self.l2, "compute_dtype": self.compute_dtype_})
         return config

@@ -29,6 +29,9 @@ Args (CrossNetwork):
   expert_activation: ``g`` of the experts (default ``"tanh"``).
   kernel_initializer, bias_initializer: initialisers (default ``"truncated_normal"``,
     ``"zeros"``).
+  compute_dtype: ``"float32"`` (default), ``"bfloat16"`` (the cross layers' matmuls in
+    bfloat16, weights and the residual sums float32; not with experts) or ``"auto"`` (see
+    :func:`recsys_tf.layers.mlp.resolve_compute_dtype`).
 
 Inputs: ``[batch, d]``. Outputs: ``[batch, d]``.
 
@@ -41,6 +44,7 @@ Web-scale Learning to Rank Systems", WWW 2021 (Eq. 1 cross layer, Eq. 2-3 mixtur
 low-rank experts).
 """
 from recsys_tf.backend import keras, tf
+from recsys_tf.layers.mlp import resolve_compute_dtype
 
 import tensorflow_recommenders as tfrs  # after backend: TFRS needs TF_USE_LEGACY_KERAS set
 
@@ -123,8 +127,9 @@ class CrossMoE(keras.layers.Layer):
 class CrossNetwork(keras.layers.Layer):
     def __init__(self, num_layers=3, projection_dim=None, num_experts=1, use_bias=True, l2=0.0,
                  diag_scale=0.0, expert_activation="tanh", kernel_initializer="truncated_normal",
-                 bias_initializer="zeros", **kwargs):
+                 bias_initializer="zeros", compute_dtype="float32", **kwargs):
         super().__init__(**kwargs)
+        self.compute_dtype_ = resolve_compute_dtype(compute_dtype)
         self.num_layers = int(num_layers)
         self.projection_dim = None if projection_dim is None else int(projection_dim)
         self.num_experts = int(num_experts)
@@ -160,9 +165,36 @@ class CrossNetwork(keras.layers.Layer):
                 for i in range(self.num_layers)]
 
     def call(self, x0):
+        if self.compute_dtype_ == "bfloat16" and self.num_experts == 1:
+            return self._call_bfloat16(x0)
         x = x0
         for layer in self.cross:
             x = layer(x0, x)
+        return x
+
+    def _call_bfloat16(self, x0):
+        """The TFRS cross layers' math with their own weights, matmuls in bfloat16:
+        ``x_{l+1} = x0 * (W_l x_l + b_l [+ diag_scale x_l]) + x_l``."""
+        def dense(layer, h):
+            if not layer.built:
+                layer.build(h.shape)
+            out = tf.matmul(tf.cast(h, tf.bfloat16), tf.cast(layer.kernel, tf.bfloat16))
+            if layer.use_bias:
+                out = out + tf.cast(layer.bias, tf.bfloat16)
+            return out
+
+        x = x0
+        for layer in self.cross:
+            if not layer.built:
+                layer.build(x0.shape)
+            if self.projection_dim is None:
+                prod = dense(layer._dense, x)
+            else:
+                prod = dense(layer._dense_v, dense(layer._dense_u, x))
+            prod = tf.cast(prod, tf.float32)
+            if self.diag_scale:
+                prod = prod + self.diag_scale * x
+            x = x0 * prod + x
         return x
 
     def compute_output_shape(self, input_shape):
@@ -176,5 +208,6 @@ class CrossNetwork(keras.layers.Layer):
             "diag_scale": self.diag_scale,
             "expert_activation": keras.activations.serialize(self.expert_activation),
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-            "bias_initializer": keras.initializers.serialize(self.bias_initializer)})
+            "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+            "compute_dtype": self.compute_dtype_})
         return config

@@ -205,8 +205,9 @@ class FeatureEmbedding(keras.layers.Layer):
         batch = tf.shape(inputs[self.features[0]])[0]
         out[NUM_KEY] = (tf.stack([tf.cast(inputs[n], tf.float32) for n in self._numeric], 1)
                         if self._numeric else tf.zeros([batch, 0], tf.float32))
-        out[CAT_KEY] = (tf.stack([tf.cast(self.lookup(n, inputs[n]), tf.int32) for n in self._cat], 1)
-                        if self._cat else tf.zeros([batch, 0], tf.int32))
+        out[CAT_KEY] = (
+            tf.stack([tf.cast(self.lookup(n, inputs[n]), tf.int32) for n in self._cat], 1)
+            if self._cat else tf.zeros([batch, 0], tf.int32))
         for n in self._seq:
             ids = tf.cast(self.lookup(n, inputs[n]), tf.int32)
             out[id_key(n)] = tf.where(self.mask(inputs, n), ids, -1)
@@ -258,7 +259,8 @@ class FeatureEmbedding(keras.layers.Layer):
                               else inputs[n])[:, None]
                 out[n] = z * self.field_vectors[n] if self.numeric == "field" else z
                 continue
-            e = tf.gather(self.tables[self.feature_set.categorical_of(n).table], self.ids(inputs, n))
+            table = self.tables[self.feature_set.categorical_of(n).table]
+            e = tf.gather(table, self.ids(inputs, n))
             if self.embeddings_l2:
                 penalty.append(self._penalty(e))
             if isinstance(f, Sequence) and self.sequence == "mean":
@@ -341,7 +343,7 @@ class FeatureEmbedding(keras.layers.Layer):
         parts = [tf.reshape(e, [-1, e.shape[1] * e.shape[2]]) for e in groups]
         parts += [seqs[n] for n in self._seq]
         if num is not None:
-            parts.append(num if num.shape.rank == 2 else tf.reshape(num, [-1, num.shape[1] * num.shape[2]]))
+            parts.append(num if num.shape.rank == 2 else tf.reshape(num, [-1, _width(num)]))
         return parts[0] if len(parts) == 1 else tf.concat(parts, axis=1)
 
     def stack(self, outputs, names=None):

@@ -23,11 +23,11 @@ Args:
   dnn_units: hidden sizes of the DNN (default ``(256, 128)``).
   dropout: DNN dropout (default 0).
   embeddings_l2: L2 on looked-up embeddings (default 1e-6).
-  compute_dtype: the DNN's matmul precision: ``"float32"``, ``"bfloat16"`` (mixed precision:
-    float32 weights, embeddings and logits) or ``"auto"`` (bfloat16 on CPUs with AMX/AVX512-BF16
-    units, else float32; resolved when the model is made and kept in its config). Default
-    float32: bfloat16 results differ from float32 ones by ~1e-3, also between eager calls and
-    a SavedModel.
+  compute_dtype: precision of the DNN's and the cross layers' matmuls: ``"float32"`` (default),
+    ``"bfloat16"`` (mixed precision: float32 weights, embeddings, FM terms and logits; 2-3x
+    faster matmuls on CPUs with AMX/AVX512-BF16; results differ from float32 by ~1e-3, also
+    between eager calls and a SavedModel) or ``"auto"`` (bfloat16 where the CPU has such
+    units; resolved when the model is made and kept in its config).
 
 Inputs: dict of raw feature tensors. Outputs: click probability ``[batch]``.
 
@@ -67,8 +67,10 @@ class DCNv2(RankingModel):
                                           embeddings_l2=self.embeddings_l2, fused=True,
                                           name="embedding")
         self.cross = CrossNetwork(self.cross_layers, projection_dim=self.projection_dim,
-                                  num_experts=self.num_experts, name="cross")
-        self.dnn = MLP(self.dnn_units, dropout=self.dropout, compute_dtype=compute_dtype, name="dnn")
+                                  num_experts=self.num_experts, compute_dtype=compute_dtype,
+                                  name="cross")
+        self.dnn = MLP(self.dnn_units, dropout=self.dropout, compute_dtype=compute_dtype,
+                       name="dnn")
         self.compute_dtype_ = self.dnn.compute_dtype_
         self.logit_layer = keras.layers.Dense(1, name="logit")
 

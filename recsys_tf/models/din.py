@@ -128,6 +128,7 @@ class DIN(RankingModel):
         x = tf.concat([interest, target, pooled, target * pooled] + others, axis=-1)
         return self.dnn_logit(self.dnn(x, training=training))
 
+    @tf.autograph.experimental.do_not_convert   # plain Python over static shapes
     def logit(self, inputs, training=None):
         behaviors, mask, target, others = self.embed(inputs)
         interest, _ = self.attention([behaviors, target], mask=mask)

@@ -76,7 +76,8 @@ class DeepPart(keras.Model):
                                           numeric="value", sequence="mean",
                                           embeddings_l2=self.embeddings_l2, fused=True,
                                           name="embedding")
-        self.mlp = MLP(self.dnn_units, dropout=self.dropout, compute_dtype=compute_dtype, name="mlp")
+        self.mlp = MLP(self.dnn_units, dropout=self.dropout, compute_dtype=compute_dtype,
+                       name="mlp")
         self.compute_dtype_ = self.mlp.compute_dtype_
         self.logit = keras.layers.Dense(1, name="logit")
 
@@ -138,7 +139,8 @@ class WideDeep(RankingModel, keras.experimental.WideDeepModel):
                 num_bins=self.cross_buckets, output_mode="int", name=f"bins_{cross_name(c)}")
             for c in self.crosses}
         self._cross_onehot = keras.layers.CategoryEncoding(
-            num_tokens=self.cross_buckets, output_mode="one_hot", sparse=True, name="wide_cross_bins")
+            num_tokens=self.cross_buckets, output_mode="one_hot", sparse=True,
+            name="wide_cross_bins")
 
     @property
     def embedding(self):

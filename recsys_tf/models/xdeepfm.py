@@ -17,11 +17,11 @@ Args:
   dnn_units: hidden sizes of the DNN (default ``(256, 128)``).
   dropout: DNN dropout (default 0).
   embeddings_l2: L2 on looked-up embeddings (default 1e-6).
-  compute_dtype: the DNN's matmul precision: ``"float32"``, ``"bfloat16"`` (mixed precision:
-    float32 weights, embeddings and logits) or ``"auto"`` (bfloat16 on CPUs with AMX/AVX512-BF16
-    units, else float32; resolved when the model is made and kept in its config). Default
-    float32: bfloat16 results differ from float32 ones by ~1e-3, also between eager calls and
-    a SavedModel.
+  compute_dtype: precision of the DNN's and the CIN's arithmetic: ``"float32"`` (default),
+    ``"bfloat16"`` (mixed precision: float32 weights, embeddings, FM terms and logits; 2-3x
+    faster matmuls on CPUs with AMX/AVX512-BF16; results differ from float32 by ~1e-3, also
+    between eager calls and a SavedModel) or ``"auto"`` (bfloat16 where the CPU has such
+    units; resolved when the model is made and kept in its config).
 
 Inputs: dict of raw feature tensors. Outputs: click probability ``[batch]``.
 
@@ -56,9 +56,11 @@ class XDeepFM(RankingModel):
                                           embeddings_l2=self.embeddings_l2, fused=True,
                                           name="fields")
         self.linear = Linear(self.feature_set, self.features, fused=True, name="linear")
-        self.cin = CIN(self.cin_sizes, split_half=self.split_half, name="cin")
+        self.cin = CIN(self.cin_sizes, split_half=self.split_half, compute_dtype=compute_dtype,
+                       name="cin")
         self.cin_logit = keras.layers.Dense(1, name="cin_logit")
-        self.dnn = MLP(self.dnn_units, dropout=self.dropout, compute_dtype=compute_dtype, name="dnn")
+        self.dnn = MLP(self.dnn_units, dropout=self.dropout, compute_dtype=compute_dtype,
+                       name="dnn")
         self.compute_dtype_ = self.dnn.compute_dtype_
         self.dnn_logit = keras.layers.Dense(1, name="dnn_logit")
 

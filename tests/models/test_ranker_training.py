@@ -1,0 +1,127 @@
+"""The rankers' fast training path: encoded inputs, fused embedding tables, LazyAdam,
+bfloat16 compute, the index-gather input pipeline and train_ranker's defaults."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from recsys_tf import training
+from recsys_tf.backend import keras, tf
+from recsys_tf.layers.embedding import CAT_KEY, NUM_KEY, FeatureEmbedding, id_key, is_encoded
+from recsys_tf.models.dcn_v2 import DCNv2
+from recsys_tf.models.deepfm import DeepFM
+from recsys_tf.models.wide_deep import WideDeep
+from recsys_tf.models.xdeepfm import XDeepFM
+
+from test_rankers import FS, OOV_BATCH, X, Y  # noqa: E402  (tests/models is on sys.path)
+
+BATCH = {k: tf.constant(v[:8]) for k, v in X.items()}
+MODELS = {
+    "deepfm": lambda **kw: DeepFM(FS, dim=4, dnn_units=(8,), **kw),
+    "xdeepfm": lambda **kw: XDeepFM(FS, dim=4, cin_sizes=(4, 2), dnn_units=(8,), **kw),
+    "dcn_v2": lambda **kw: DCNv2(FS, dim=None, cross_layers=2, dnn_units=(8,), **kw),
+    "dcn_v2_low_rank": lambda **kw: DCNv2(FS, dim=4, cross_layers=2, projection_dim=2,
+                                          structure="parallel", dnn_units=(8,), **kw),
+    "wide_deep": lambda **kw: WideDeep(FS, crosses=[("user_id", "category")], cross_buckets=16,
+                                       dim=4, dnn_units=(8,), **kw),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_encoded_inputs_give_the_raw_inputs_result(name):
+    keras.utils.set_random_seed(0)
+    model = MODELS[name]()
+    raw = model(BATCH).numpy()
+    enc = model.encode_inputs(BATCH)
+    assert is_encoded(enc) and enc[CAT_KEY].dtype == tf.int32
+    np.testing.assert_allclose(model(enc).numpy(), raw, rtol=1e-6, atol=1e-7)
+    oov = model.encode_inputs(OOV_BATCH)
+    np.testing.assert_allclose(model(oov).numpy(), model(OOV_BATCH).numpy(), atol=1e-7)
+
+
+def test_fused_embedding_equals_separate_tables():
+    names = FS.names
+    kw = dict(dim=4, numeric="field", sequence="mean", embeddings_l2=1e-3)
+    sep = FeatureEmbedding(FS, names, **kw)
+    fused = FeatureEmbedding(FS, names, fused=True, **kw)
+    sep(BATCH), fused(BATCH)
+    # copy the separate tables into the fused ones at their offsets
+    for d, var in fused.fused_tables.items():
+        rows = var.numpy()
+        for t, off in fused._offset.items():
+            if f"{fused.table_dim(t)}d" == d:
+                tab = sep.tables[t].numpy()
+                rows[off:off + len(tab)] = tab
+        var.assign(rows)
+    fused.field_matrix.assign(np.stack([sep.field_vectors[n].numpy() for n in fused._numeric]))
+    a, b = sep(BATCH), fused(BATCH)
+    for n in names:
+        np.testing.assert_allclose(b[n].numpy(), a[n].numpy(), rtol=1e-6)
+    np.testing.assert_allclose(fused.fields(BATCH).numpy(), sep.stack(a).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(fused.flat(BATCH).numpy(), sep.flat(BATCH).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(fused.fields(fused.encode(BATCH)).numpy(),
+                               fused.fields(BATCH).numpy(), rtol=1e-6)
+    assert sum(fused.losses).numpy() == pytest.approx(sum(sep.losses).numpy(), rel=1e-5)
+    enc = fused.encode(BATCH)
+    assert enc[NUM_KEY].shape == (8, 1) and enc[CAT_KEY].shape == (8, 3)
+    assert enc[id_key("history")].numpy().min() >= -1
+
+
+def test_lazy_adam_moves_only_the_rows_it_saw():
+    table = tf.Variable(np.ones((6, 2), np.float32))
+    dense = tf.Variable(np.ones(3, np.float32))
+    ref_table = tf.Variable(np.ones((6, 2), np.float32))
+    ref_dense = tf.Variable(np.ones(3, np.float32))
+    lazy, adam = training.LazyAdam(0.1), keras.optimizers.Adam(0.1)
+    for ids in ([1, 3, 1], [1, 4]):
+        for opt, t, d in ((lazy, table, dense), (adam, ref_table, ref_dense)):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(tf.gather(t, ids) * 2.0) + tf.reduce_sum(d * d)
+            opt.apply_gradients(zip(tape.gradient(loss, [t, d]), [t, d]))
+    np.testing.assert_allclose(dense.numpy(), ref_dense.numpy(), rtol=1e-6)  # dense: Adam
+    got = table.numpy()
+    np.testing.assert_array_equal(got[[0, 2, 5]], 1.0)                      # never looked up
+    np.testing.assert_allclose(got[1], ref_table.numpy()[1], rtol=1e-5)     # seen every step
+    assert (got[3] < 1).all() and (got[4] < 1).all()
+    # Keras' Adam keeps moving row 3 at step 2 (momentum); the lazy one leaves it alone
+    assert ref_table.numpy()[3, 0] < got[3, 0]
+
+
+@pytest.mark.parametrize("name", ["deepfm", "xdeepfm", "dcn_v2", "wide_deep"])
+def test_bfloat16_compute_is_close_and_configurable(name):
+    keras.utils.set_random_seed(1)
+    full = MODELS[name]()
+    low = MODELS[name](compute_dtype="bfloat16")
+    full(BATCH), low(BATCH)
+    low.set_weights(full.get_weights())
+    np.testing.assert_allclose(low(BATCH).numpy(), full(BATCH).numpy(), atol=2e-2)
+    config = low.get_config()
+    assert config["compute_dtype"] == "bfloat16"
+    assert type(low).from_config(config).get_config() == config
+    assert MODELS[name](compute_dtype="auto").get_config()["compute_dtype"] in ("float32",
+                                                                               "bfloat16")
+
+
+def test_make_dataset_batches_every_row_once_per_epoch():
+    frame = pd.DataFrame({n: list(v) if v.ndim > 1 else v for n, v in X.items()})
+    frame["label"] = Y
+    data = training.make_dataset(FS, frame, FS.names, 64, "label", shuffle=True, seed=3)
+    for _ in range(2):
+        prices = np.concatenate([x["price"].numpy() for x, _ in data])
+        np.testing.assert_array_equal(np.sort(prices), np.sort(X["price"]))
+    ordered = training.make_dataset(FS, frame, FS.names, 64)
+    np.testing.assert_array_equal(np.concatenate([x["price"].numpy() for x in ordered]),
+                                  X["price"])
+
+
+def test_train_ranker_defaults(tiny_synthetic):
+    keras.utils.set_random_seed(0)
+    model = DeepFM(tiny_synthetic.feature_set, dim=4, dnn_units=(8,))
+    fit = training.train_ranker(model, tiny_synthetic, epochs=2, batch_size=128, verbose=0)
+    assert type(model.optimizer).__name__ == "LazyAdam"
+    assert int(model._steps_per_execution.numpy()) == 16
+    assert {"loss", "val_auc", "val_loss"} <= set(fit["history"])
+    scores = training.evaluate_ranker(model, tiny_synthetic)
+    assert scores["auc"] > 0.55
+    wd = WideDeep(tiny_synthetic.feature_set, dim=4, dnn_units=(8,))
+    training.train_ranker(wd, tiny_synthetic, epochs=1, batch_size=256, verbose=0)
+    assert [type(o).__name__ for o in wd.optimizer] == ["Ftrl", "LazyAdam"]
