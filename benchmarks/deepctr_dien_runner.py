@@ -21,13 +21,15 @@ model it is compared with. DeepCTR takes the auxiliary loss's negative behaviour
 (``neg_hist_item_id``, ``neg_hist_cate_id``): for each real history step one item drawn
 uniformly from the item pool (redrawn where it equals the real item), drawn here before the
 clock starts. The model runs in graph mode (``tf.compat.v1.disable_eager_execution()``), as
-DeepCTR's own DIEN example does: with eager execution on, building it fails. Training: Adam, binary cross-entropy, shuffled batches, ``--epochs`` epochs.
+DeepCTR's own DIEN example does: with eager execution on, building it fails. Training: Adam
+(Keras' legacy class, which graph mode needs), binary cross-entropy, shuffled batches,
+``--epochs`` epochs.
 
-Output (``--out``): JSON with ``train_seconds`` (the ``fit`` call, graph building included, as
-for recsys_tf's trainer), ``train_cpu_seconds`` (CPU time of this process over the same call:
-steadier than wall time on a shared machine), ``train_examples_per_sec``, ``test_auc`` and the settings; the test
-probabilities go to ``--predictions`` (``.npy``) so that the caller scores them (GAUC etc.)
-with its own metrics.
+Output (``--out``): JSON with ``train_seconds`` (the ``fit`` call, graph building included,
+as for recsys_tf's trainer), ``train_cpu_seconds`` (CPU time of this process over the same
+call: steadier than wall time on a shared machine), ``train_examples_per_sec``, ``test_auc``
+and the settings; the test probabilities go to ``--predictions`` (``.npy``) so that the
+caller scores them (GAUC etc.) with its own metrics.
 """
 import argparse
 import json
@@ -108,7 +110,8 @@ def main(argv=None):
             neg_item, neg_cat = sample_negative_history(rng, hist_item, item_cat, n_items)
         else:  # the auxiliary loss is not part of the prediction: any value will do
             neg_item, neg_cat = np.zeros_like(hist_item), np.zeros_like(hist_item)
-        x["neg_hist_item_id"], x["neg_hist_cate_id"] = neg_item.astype(np.int32), neg_cat.astype(np.int32)
+        x["neg_hist_item_id"] = neg_item.astype(np.int32)
+        x["neg_hist_cate_id"] = neg_cat.astype(np.int32)
         return x
 
     dim = args.dim

@@ -13,19 +13,19 @@ What is measured:
   - ``din``: :class:`recsys_tf.models.din.DIN` (target attention over the history, no GRU);
   - ``deepfm``: :class:`recsys_tf.models.deepfm.DeepFM`, the history mean-pooled.
 
-  Every model sees the same split and the same features, 16-d embeddings, Adam 3e-3 (Keras'
-  Adam for every model, also where the trainer's default would be LazyAdam), batch 256 and the same epoch budget (``--epochs``, default 3) through
+  Every model sees the same split and the same features, 16-d embeddings, Keras' Adam at
+  3e-3 (for every model, also where the trainer's default would be LazyAdam), batch 256 and
+  the same epoch budget (``--epochs``, default 3) through
   :func:`recsys_tf.training.train_ranker`, which stops early on the validation split
-  (patience 1) and keeps the best epoch's weights. ``synthetic`` has its own validation split
-  (the last 10% of training time); for ``amazon-beauty`` each user's last training target
-  (and its negative) is held out as validation, so the test split is untouched and
-  every model picks its epoch the same way: on the one data set the models peak at different
-  epochs (DIN after 2, DIEN with the auxiliary loss later), and a fixed epoch count would
-  pick the winner. The learning rate is the one at which both families reach their best
-  validation AUC in the sweep below (DIN: 0.820 at 3e-3 vs 0.817 at 1e-3; DIEN: 0.826 vs
-  0.818 after three epochs and still rising): at 1e-3 DIEN needs more than three epochs.
-  One run per seed (``--seeds``); the table shows the mean and, with
-  several seeds, half the spread (max - min) as ``±``.
+  (patience 1) and keeps the best epoch's weights. ``synthetic`` has its own validation
+  split (the last 10% of training time); for ``amazon-beauty`` each user's last training
+  target (and its negative) is held out as validation, so the test split is untouched and
+  every model picks its epoch the same way: the models peak at different epochs (DIN after
+  two, DIEN with the auxiliary loss later), so a fixed epoch count would pick the winner.
+  The learning rate is the one at which both families reach their best validation AUC in
+  the sweep (``--sweep``, ``results/dien.sweep.json``): at 1e-3 DIEN needs more than three
+  epochs. One run per seed (``--seeds``); the table shows the mean and, with several seeds,
+  half the spread (max - min) as ``±``.
 * **Training speed** against DeepCTR 0.9.4's ``DIEN`` (``gru_type="AUGRU"``,
   ``use_negsampling=True``) on the same ``amazon-beauty`` rows: ``--deepctr-python`` names the
   interpreter of a virtual environment holding DeepCTR (it needs TensorFlow <= 2.12, so not
@@ -45,8 +45,8 @@ Setting up DeepCTR's environment (once)::
 
 Usage::
 
-    python benchmarks/dien.py --deepctr-python /tmp/deepctr212/bin/python     # about 25 min on 2 cores
-    python benchmarks/dien.py --quick --deepctr-python /tmp/deepctr212/bin/python  # a few minutes
+    python benchmarks/dien.py --deepctr-python /tmp/deepctr212/bin/python   # 16-20 min, 2 cores
+    python benchmarks/dien.py --quick --deepctr-python /tmp/deepctr212/bin/python   # ~5 min
 
 ``--sweep`` runs the validation sweep instead (about 45 min): DIN and DIEN variants on
 ``amazon-beauty`` (attention normalisation, auxiliary loss, GRU size, learning rate), three
@@ -379,20 +379,19 @@ def table(results):
                          f"{cell('logloss')} | {s['train_examples_per_sec']:,.0f} | "
                          f"{s['epochs_run']:g} |")
         if "oracle_auc" in next(iter(res["summary"].values()), {}):
-            lines.append(f"| {name} | oracle (true p_click) | "
-                         f"{next(iter(res['summary'].values()))['oracle_auc']:.4f} | - | - | - | - |")
+            oracle = next(iter(res["summary"].values()))["oracle_auc"]
+            lines.append(f"| {name} | oracle (true p_click) | {oracle:.4f} | - | - | - | - |")
     tp = results.get("throughput")
     if tp:
         s = tp["summary"]
         lines += ["", "| training, amazon-beauty, 1 epoch | examples/s (wall) | examples per "
-                  "CPU-second | test AUC | GAUC |", "| --- | --- | --- | --- | --- |",
-                  f"| recsys_tf DIEN | {s['recsys_tf_examples_per_sec']:,.0f} | "
-                  f"{s['recsys_tf_examples_per_cpu_sec']:,.0f} | {s['recsys_tf_auc_1_epoch']:.4f} | "
-                  f"{s['recsys_tf_gauc_1_epoch']:.4f} |",
-                  f"| DeepCTR 0.9.4 DIEN (AUGRU, neg. sampling) | "
-                  f"{s['deepctr_examples_per_sec']:,.0f} | {s['deepctr_examples_per_cpu_sec']:,.0f} | "
-                  f"{s['deepctr_auc_1_epoch']:.4f} | {s['deepctr_gauc_1_epoch']:.4f} |",
-                  f"| ratio | {s['speedup_wall']:.2f}x | {s['speedup_cpu']:.2f}x | | |"]
+                  "CPU-second | test AUC | GAUC |", "| --- | --- | --- | --- | --- |"]
+        for label, key in (("recsys_tf DIEN", "recsys_tf"),
+                           ("DeepCTR 0.9.4 DIEN (AUGRU, neg. sampling)", "deepctr")):
+            lines.append(f"| {label} | {s[key + '_examples_per_sec']:,.0f} | "
+                         f"{s[key + '_examples_per_cpu_sec']:,.0f} | "
+                         f"{s[key + '_auc_1_epoch']:.4f} | {s[key + '_gauc_1_epoch']:.4f} |")
+        lines.append(f"| ratio | {s['speedup_wall']:.2f}x | {s['speedup_cpu']:.2f}x | | |")
     return "\n".join(lines)
 
 

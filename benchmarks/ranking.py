@@ -4,55 +4,56 @@ What is compared
 ----------------
 Ours (:mod:`recsys_tf.models`: ``wide_deep``, ``deepfm``, ``xdeepfm``, ``dcn_v2``) against
 DeepCTR's ``WDL``, ``DeepFM``, ``xDeepFM`` and ``DCN`` (``cross_parameterization="matrix"``,
-i.e. DCN-M / DCN-v2's full-rank cross) on two data sets:
+i.e. DCN-M, DCN-v2's full-rank cross) on two data sets:
 
 * ``movielens-100k``: ``rating >= 4`` as the label, the loader's random 80/20 split (seed 42);
-  the last 10% of the training rows (a random tenth: train is a permutation) are held out as the
-  validation split. Features: user id, age bucket, gender, occupation, zip prefix, item id,
-  genre, release year (numeric), hour, and the user's previous 20 items and their genres
-  (mean-pooled sequences sharing the item id / genre tables).
+  the last 10% of the training rows (a random tenth: train is a permutation) are held out for
+  validation. Features: user id, age bucket, gender, occupation, zip prefix, item id, genre,
+  release year (numeric), hour, and the user's previous 20 items and their genres (mean-pooled
+  sequences sharing the item id / genre tables).
 * ``criteo-synthetic``: 200,000 rows in the Criteo format (13 integer + 26 categorical fields,
   Zipf categories, planted first-order, pairwise-cross and low-rank factor effects), split
   80/10/10 in order; every row's true click probability is known, so the oracle AUC is too.
 
 Both implementations get the same rows and the same encoded features: the categorical
-vocabularies (values under the data set's count threshold -> OOV), the normalised numeric
-values (DeepCTR gets them as ``DenseFeat``, ours normalises the raw values inside the model
-with the same constants), the sequences as ``VarLenSparseFeat`` with ``combiner="mean"``. The
-same embedding size (16), hidden sizes (256, 128), batch size (1024), learning rate (1e-3),
-epoch cap and early stopping (validation AUC, patience 1, best epoch's weights restored, the
-same callback for both). CIN layers (128, 128) with split-half; 3 cross layers.
+vocabularies (values under the data set's count threshold -> OOV), the numeric values
+normalised with the same constants (DeepCTR gets them as ``DenseFeat``; ours normalises raw
+values inside the model), the sequences as ``VarLenSparseFeat(combiner="mean")``. The same
+embedding size (16), DNN (256, 128), batch size (1024), Adam learning rate (1e-3), epoch cap
+(10) and early stopping (validation AUC, patience 1, the best epoch's weights restored; one
+callback for both); CIN (32, 32) with split-half over the id embeddings; 3 cross layers.
 
-* DeepCTR: its models with their defaults otherwise (L2 1e-5 on embeddings and linear
-  weights, embedding init N(0, 1e-4)), Keras' ``Adam``, ``model.fit`` on the numpy arrays as its
-  examples do.
+* DeepCTR: its models with their defaults otherwise (L2 1e-5 on embeddings and linear weights,
+  embeddings drawn from N(0, 1e-4)), Keras' ``Adam``, ``model.fit`` on the numpy arrays, as in
+  its examples.
 * Ours: :func:`recsys_tf.training.train_ranker` with its defaults - lookups done once before
-  training (encoded inputs), fused embedding tables, lazy (sparse-row) Adam for embedding tables
-  (Keras' Adam for the rest), 16 steps per execution - and the models' defaults, except
-  ``compute_dtype`` (``--compute-dtype``, default ``auto``: the DNN matmuls in bfloat16 where
-  the CPU has AMX/AVX512-BF16 units, float32 elsewhere; weights, embeddings, FM/CIN/cross
-  and logits stay float32). Differences in the models themselves are listed under
-  ``model_notes`` in the JSON.
+  training (encoded inputs), fused embedding tables, lazy (sparse-row) Adam for the embedding
+  tables and Keras' Adam for the rest (Wide & Deep: FTRL for the wide part), 16 steps per
+  execution - and the models' defaults, except ``compute_dtype`` (``--compute-dtype``, default
+  ``auto``: the DNN, CIN and cross matmuls in bfloat16 where the CPU has AMX/AVX512-BF16 units,
+  float32 elsewhere; weights, embeddings, FM terms and logits stay float32). The remaining
+  differences between the models are listed under ``note`` in the JSON.
 
 Measured
 --------
 * Quality: test AUC and logloss per model, the AUC difference (ours - DeepCTR) against the
   target of +0.003, and on ``criteo-synthetic`` the gap to the oracle AUC for both. With several
-  seeds (``--seeds``) the figures are means, and the spread is reported.
-* Training speed: after the quality runs, the two trained models of each pair are trained on,
-  alternately one epoch each (``--rounds`` rounds, in the configuration each was trained with,
-  no validation), so machine load hits both alike; training examples per second (wall) and per
-  CPU-second (this process's CPU time, less sensitive to other work on a shared machine), and
-  the ratio ours / DeepCTR from the medians (target 1.5).
+  seeds (``--seeds``) the figures are means and the spread is reported.
+* Training speed: after the quality runs the trained models are trained on, one epoch each in
+  turn (``--rounds`` rounds; each in the configuration it was trained with, no validation), so
+  load from other work on the machine hits them alike. Training examples per second (wall) and
+  per CPU-second (this process's CPU time), and the ratio ours / DeepCTR of the medians (target
+  1.5). A float32 copy of ours is timed alongside (``ours_float32_speed``; skip it with
+  ``--no-float32-arm``).
 * Predict latency: one batch of 1,024 test rows through a compiled ``model(x)``, median of
-  ``--latency-reps`` calls, alternating; ours takes raw feature values (lookups inside the model,
-  as an export serves), DeepCTR the already-encoded integer arrays.
+  ``--latency-reps`` calls, taken in turn; ours takes raw feature values (lookups inside the
+  model, as an export serves), DeepCTR the already-encoded integer arrays.
 
 Usage (the ``bench`` extra installs DeepCTR 0.9.4)::
 
     pip install -e ".[bench]"
-    python benchmarks/ranking.py            # about 15-20 min on 2 cores
-    python benchmarks/ranking.py --quick    # a few minutes: 60k synthetic rows, 1 round
+    python benchmarks/ranking.py            # about 20 min on 2 cores
+    python benchmarks/ranking.py --quick    # a few minutes: 60k synthetic rows, 4 epochs, 1 round
 
 Real data is read from ``--data-dir`` / ``$RECSYS_TF_DATA_DIR`` (default ``../shared/data`` beside
 the clone). Writes ``benchmarks/results/ranking.json`` and ``ranking.png``. Nothing here uses
@@ -89,7 +90,7 @@ DEEPCTR_NAMES = {"wide_deep": "WDL", "deepfm": "DeepFM", "xdeepfm": "xDeepFM",
                  "dcn_v2": "DCN (matrix)"}
 DATASETS = ("movielens-100k", "criteo-synthetic")
 DIM, HIDDEN, BATCH, LR = 16, (256, 128), 1024, 1e-3
-CIN, CROSS_LAYERS = (64, 64), 3
+CIN, CROSS_LAYERS = (32, 32), 3
 AUC_TARGET, SPEED_TARGET = 0.003, 1.5
 MODEL_NOTES = {
     "wide_deep": "ours: wide part = one-hot of every feature (keras.experimental.LinearModel, "
@@ -97,8 +98,10 @@ MODEL_NOTES = {
                  "part = 1-d embeddings + dense kernel, one Adam for both",
     "deepfm": "ours: numeric features are FM fields (z * v_f, in FM and DNN); DeepCTR: "
               "numeric values go to the DNN and linear part only",
-    "xdeepfm": "ours: CIN without activation (paper); DeepCTR: CIN with relu (its default); "
-               "numeric features as fields in ours, DNN-only in DeepCTR",
+    "xdeepfm": "ours: CIN without activation (paper), DeepCTR: CIN with relu (its default); "
+               "both CINs cross the id embeddings only (ours: cin_features = the categorical "
+               "and sequence features), numeric fields reach ours' DNN and linear term as "
+               "field embeddings, DeepCTR's as values",
     "dcn_v2": "ours: DCN-v2 stacked (cross network, then DNN), no linear term; DeepCTR DCN "
               "matrix: cross and DNN in parallel plus a linear logit",
 }
@@ -208,22 +211,49 @@ class Arm:
         self.model, self.epoch, self.predict, self.batch = model, epoch, predict, batch_1024
 
 
-def train_ours(name, ds, seed, epochs, compute_dtype):
-    keras.utils.set_random_seed(seed)
+def ours_model(name, fs, compute_dtype):
     opts = dict(dim=DIM, dnn_units=HIDDEN, compute_dtype=compute_dtype)
     if name == "xdeepfm":
         opts["cin_sizes"] = CIN
+        opts["cin_features"] = [n for n in fs.names if not isinstance(fs[n], Numeric)]
     if name == "dcn_v2":
         opts["cross_layers"] = CROSS_LAYERS
-    model = models.get(name)(ds.feature_set, **opts)
-    fit = training.train_ranker(model, ds, epochs=epochs, batch_size=BATCH, learning_rate=LR,
-                                verbose=0, seed=seed)
-    scores = training.evaluate_ranker(model, ds)
+    return models.get(name)(fs, **opts)
+
+
+def ours_epoch(model, ds, seed):
+    """One training epoch in train_ranker's configuration (the model compiled by it)."""
     train_data = training.encoded_dataset(model, ds.feature_set, ds.train, BATCH,
                                           ds.feature_set.label, shuffle=True, seed=seed)
 
     def epoch():
         model.fit(train_data, epochs=1, verbose=0)
+
+    return epoch
+
+
+def speed_arm_float32(name, ds, seed):
+    """An untrained float32 copy of ours, compiled as train_ranker compiles it, warmed up by
+    one epoch: the speed figures without bfloat16 (``--compute-dtype`` aside)."""
+    keras.utils.set_random_seed(seed)
+    model = ours_model(name, ds.feature_set, "float32")
+    model.compile(optimizer=training.ranker_optimizer(model, LR, "lazy_adam"),
+                  loss="binary_crossentropy", steps_per_execution=16)
+    epoch = ours_epoch(model, ds, seed)
+    epoch()
+    fn = tf.function(lambda x: model(x, training=False))
+    batch = {k: tf.constant(v) for k, v in
+             ds.feature_set.arrays(ds.test.head(1024), model.features).items()}
+    return Arm(model, epoch, fn, batch)
+
+
+def train_ours(name, ds, seed, epochs, compute_dtype):
+    keras.utils.set_random_seed(seed)
+    model = ours_model(name, ds.feature_set, compute_dtype)
+    fit = training.train_ranker(model, ds, epochs=epochs, batch_size=BATCH, learning_rate=LR,
+                                verbose=0, seed=seed)
+    scores = training.evaluate_ranker(model, ds)
+    epoch = ours_epoch(model, ds, seed)
 
     fn = tf.function(lambda x: model(x, training=False))
     batch = {k: tf.constant(v) for k, v in
@@ -268,25 +298,26 @@ def timed(fn):
     return time.perf_counter() - w, time.process_time() - c
 
 
-def measure_speed(ours, theirs, n_train, rounds, reps):
-    """Alternating training epochs and predict calls; medians and ratios."""
-    wall = {"ours": [], "deepctr": []}
-    cpu = {"ours": [], "deepctr": []}
+def measure_speed(arms, n_train, rounds, reps):
+    """Training epochs and predict calls of every arm, alternating; medians and ratios to
+    DeepCTR's (``arms``: name -> Arm, with ``"deepctr"`` among them)."""
+    wall = {k: [] for k in arms}
+    cpu = {k: [] for k in arms}
     for _ in range(rounds):
-        for key, arm in (("ours", ours), ("deepctr", theirs)):
+        for key, arm in arms.items():
             w, c = timed(arm.epoch)
             wall[key].append(w)
             cpu[key].append(c)
-    lat = {"ours": [], "deepctr": []}
-    for arm in (ours, theirs):
+    lat = {k: [] for k in arms}
+    for arm in arms.values():
         arm.predict(arm.batch)                      # trace
     for _ in range(reps):
-        for key, arm in (("ours", ours), ("deepctr", theirs)):
+        for key, arm in arms.items():
             t = time.perf_counter()
             arm.predict(arm.batch).numpy()
             lat[key].append((time.perf_counter() - t) * 1000)
     out = {}
-    for key in ("ours", "deepctr"):
+    for key in arms:
         out[key] = {
             "train_examples_per_sec": n_train / statistics.median(wall[key]),
             "train_examples_per_cpu_sec": n_train / statistics.median(cpu[key]),
@@ -294,12 +325,17 @@ def measure_speed(ours, theirs, n_train, rounds, reps):
             "epoch_cpu_seconds": [round(x, 3) for x in cpu[key]],
             "predict_1024_ms": statistics.median(lat[key]),
         }
-    out["speedup_wall"] = (out["ours"]["train_examples_per_sec"]
-                           / out["deepctr"]["train_examples_per_sec"])
-    out["speedup_cpu"] = (out["ours"]["train_examples_per_cpu_sec"]
-                          / out["deepctr"]["train_examples_per_cpu_sec"])
-    out["speedup_wall_per_round"] = [round(b / a, 3) for a, b in zip(wall["ours"], wall["deepctr"])]
-    out["predict_speedup"] = out["deepctr"]["predict_1024_ms"] / out["ours"]["predict_1024_ms"]
+    base = out["deepctr"]
+    for key in arms:
+        if key == "deepctr":
+            continue
+        out[key]["speedup_wall"] = (out[key]["train_examples_per_sec"]
+                                    / base["train_examples_per_sec"])
+        out[key]["speedup_cpu"] = (out[key]["train_examples_per_cpu_sec"]
+                                   / base["train_examples_per_cpu_sec"])
+        out[key]["speedup_wall_per_round"] = [round(b / a, 3)
+                                              for a, b in zip(wall[key], wall["deepctr"])]
+        out[key]["predict_speedup"] = base["predict_1024_ms"] / out[key]["predict_1024_ms"]
     return out
 
 
@@ -334,11 +370,14 @@ def run_dataset(name, args, log):
             log(f"  {m:9s} seed {seed}: ours AUC {sc['auc']:.4f} ({fit['epochs_run']} ep, "
                 f"{fit['train_seconds']:.0f} s) | DeepCTR {DEEPCTR_NAMES[m]} AUC {sc2['auc']:.4f} "
                 f"({fit2['epochs_run']} ep, {fit2['train_seconds']:.0f} s)")
-        speed = measure_speed(arms["ours"], arms["deepctr"], len(ds.train), args.rounds,
-                              args.latency_reps)
+        if args.float32_arm and args.compute_dtype != "float32":
+            arms["ours_float32"] = speed_arm_float32(m, ds, args.seeds[0])
+        speed = measure_speed(arms, len(ds.train), args.rounds, args.latency_reps)
         row = {"deepctr_model": DEEPCTR_NAMES[m], "note": MODEL_NOTES[m]}
         for key in ("ours", "deepctr"):
             aucs = [sc["auc"] for _, sc in runs[key]]
+            speed_key = {k: v for k, v in speed[key].items() if not k.startswith(("speedup",
+                                                                                  "predict_sp"))}
             lls = [sc["logloss"] for _, sc in runs[key]]
             row[key] = {
                 "auc": _mean(aucs), "logloss": _mean(lls),
@@ -346,7 +385,8 @@ def run_dataset(name, args, log):
                 "epochs_run": [fit["epochs_run"] for fit, _ in runs[key]],
                 "train_seconds": [round(fit["train_seconds"], 2) for fit, _ in runs[key]],
                 "gap_to_oracle_auc": None if oracle is None else oracle - _mean(aucs),
-                **speed[key],
+                "val_auc_per_epoch": [fit["history"].get("val_auc") for fit, _ in runs[key]],
+                **speed_key,
             }
         row["auc_delta"] = row["ours"]["auc"] - row["deepctr"]["auc"]
         row["auc_delta_per_seed"] = [a - b for a, b in zip(row["ours"]["auc_per_seed"],
@@ -354,14 +394,20 @@ def run_dataset(name, args, log):
         row["logloss_delta"] = row["ours"]["logloss"] - row["deepctr"]["logloss"]
         row["auc_target_met"] = bool(row["auc_delta"] >= AUC_TARGET)
         for k in ("speedup_wall", "speedup_cpu", "speedup_wall_per_round", "predict_speedup"):
-            row[k] = speed[k]
-        row["speed_target_met"] = bool(speed["speedup_wall"] >= SPEED_TARGET)
+            row[k] = speed["ours"][k]
+        row["speed_target_met"] = bool(row["speedup_wall"] >= SPEED_TARGET)
+        if "ours_float32" in speed:
+            row["ours_float32_speed"] = speed["ours_float32"]
         result["models"][m] = row
         log(f"  {m:9s}: AUC {row['ours']['auc']:.4f} vs {row['deepctr']['auc']:.4f} "
             f"(delta {row['auc_delta']:+.4f}); train "
             f"{row['ours']['train_examples_per_sec']:,.0f} vs "
-            f"{row['deepctr']['train_examples_per_sec']:,.0f} ex/s (x{speed['speedup_wall']:.2f} "
-            f"wall, x{speed['speedup_cpu']:.2f} CPU); predict-1024 "
+            f"{row['deepctr']['train_examples_per_sec']:,.0f} ex/s (x{row['speedup_wall']:.2f} "
+            f"wall, x{row['speedup_cpu']:.2f} CPU"
+            + (f"; float32: x{row['ours_float32_speed']['speedup_wall']:.2f} wall, "
+               f"x{row['ours_float32_speed']['speedup_cpu']:.2f} CPU"
+               if "ours_float32_speed" in row else "")
+            + "); predict-1024 "
             f"{row['ours']['predict_1024_ms']:.1f} vs {row['deepctr']['predict_1024_ms']:.1f} ms")
     result["seconds"] = round(time.perf_counter() - t0, 1)
     return result
@@ -454,17 +500,19 @@ def main(argv=None):
     p.add_argument("--data-dir", default=None, help="default $RECSYS_TF_DATA_DIR")
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    p.add_argument("--epochs", type=int, default=None, help="epoch cap (default 8, quick 4)")
+    p.add_argument("--epochs", type=int, default=None, help="epoch cap (default 10, quick 4)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 (one seed)")
     p.add_argument("--rounds", type=int, default=None,
                    help="alternating timed epochs per implementation (default 3, quick 1)")
     p.add_argument("--latency-reps", type=int, default=30)
     p.add_argument("--compute-dtype", default="auto", choices=("auto", "float32", "bfloat16"),
                    help="our DNN matmul precision (default auto: bfloat16 on AMX/AVX512-BF16)")
+    p.add_argument("--no-float32-arm", dest="float32_arm", action="store_false",
+                   help="skip timing a float32 copy of ours alongside (when not float32)")
     p.add_argument("--out", default=os.path.join(HERE, "results", "ranking.json"))
     p.add_argument("--plot", default=None, help="default: --out with .png")
     args = p.parse_args(argv)
-    args.epochs = args.epochs or (4 if args.quick else 8)
+    args.epochs = args.epochs or (4 if args.quick else 10)
     args.seeds = args.seeds or [0]
     args.rounds = args.rounds or (1 if args.quick else 3)
     plot_path = args.plot or os.path.splitext(args.out)[0] + ".png"

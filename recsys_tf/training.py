@@ -60,18 +60,42 @@ def _is_split(frame):
     return hasattr(frame, "tf_dataset")
 
 
-def _batches(tensors, n, batch_size, shuffle, seed):
-    """Batches of ``tensors`` (a structure of ``[n, ...]`` tensors) gathered by index: one
-    shuffle of ``n`` indices per epoch and one gather per batch, no per-row pipeline work."""
-    idx = tf.data.Dataset.range(n)
-    if shuffle:
-        idx = idx.shuffle(n, seed=seed, reshuffle_each_iteration=True)
-    idx = idx.batch(batch_size)
+def index_batches(n, batch_size, shuffle=False, seed=0):
+    """A dataset of ``[<= batch_size]`` int64 row indices covering ``range(n)`` once per pass.
 
+    With ``shuffle`` every pass (every iterator: Keras makes one per epoch) draws a new
+    permutation in one op - ``stateless_shuffle`` keyed by ``(seed, pass number)`` - and slices
+    it into batches, so there is no per-row work in the pipeline (an element-wise
+    ``Dataset.shuffle`` + ``batch`` costs more than a CTR model's training step per row)."""
+    n, batch_size = int(n), int(batch_size)
+    full = n // batch_size * batch_size
+
+    def split(order):
+        batches = tf.data.Dataset.from_tensor_slices(tf.reshape(order[:full], [-1, batch_size]))
+        if full < n:
+            batches = batches.concatenate(tf.data.Dataset.from_tensors(order[full:]))
+        return batches
+
+    if not shuffle:
+        return split(tf.range(n, dtype=tf.int64))
+    passes = tf.Variable(0, dtype=tf.int64, trainable=False, name="shuffle_passes")
+
+    def permutation(_):
+        key = tf.stack([tf.constant(int(seed), tf.int64), passes.assign_add(1)])
+        return tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), seed=key)
+
+    batches = tf.data.Dataset.from_tensors(0).map(permutation).flat_map(split)
+    # a known size: Keras runs several steps per call only on data of known length
+    return batches.apply(tf.data.experimental.assert_cardinality(-(-n // batch_size)))
+
+
+def _batches(tensors, n, batch_size, shuffle, seed):
+    """Batches of ``tensors`` (a structure of ``[n, ...]`` tensors) gathered by index."""
     def gather(i):
         return tf.nest.map_structure(lambda t: tf.gather(t, i), tensors)
 
-    return idx.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return index_batches(n, batch_size, shuffle, seed).map(
+        gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def make_dataset(feature_set, frame, features, batch_size=256, label=None, shuffle=False,

@@ -71,6 +71,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import math
 import os
 import shutil
@@ -297,7 +298,8 @@ def _typed(frame: pd.DataFrame, integers: str, counter: dict | None = None) -> p
 
 
 def read(path: str, on_bad_lines: str = "error", integers: str = "log"):
-    """The whole file as one DataFrame (good rows in file order) and its :class:`ScanResult`.
+    """The whole file: ``(DataFrame of the good rows in file order, ScanResult, counters)``
+    (counters: ``{"unparsable_integers": n}``).
 
     Columns: ``label`` (int64), ``I1``..``I13`` (float64, NaN when missing; bucket strings
     with ``integers="bucket"``), ``C1``..``C26`` (str, ``""`` when missing)."""
@@ -309,8 +311,6 @@ def read(path: str, on_bad_lines: str = "error", integers: str = "log"):
     if sc.n_rows == 0:
         frame = pd.DataFrame({c: pd.Series([], dtype=object) for c in COLUMNS})
         return _typed(frame, integers, counter), sc, counter
-    import io
-
     frame = _read_csv(io.BytesIO(data), skiprows=sc.bad_lines.tolist() or None)
     frame = frame.iloc[: sc.n_rows]
     if len(frame) != sc.n_rows:
@@ -571,6 +571,8 @@ def make_line_parser(features, integers="log", label=True):
             if n in INT_COLUMNS:
                 good = tf.strings.regex_full_match(s, NUMBER_RE)
                 x = tf.strings.to_number(tf.where(good, s, "nan"), tf.float64)
+                good = tf.logical_and(good, tf.math.is_finite(x))       # "1e999" -> missing
+                x = tf.where(good, x, float("nan"))
                 if integers == "bucket":
                     b = tf.where(x > 2, tf.floor(tf.square(tf.math.log(tf.where(x > 2, x, 3.0)))),
                                  tf.where(good, x, 0.0))

@@ -19,9 +19,10 @@ column, so the cell fits ``keras.layers.RNN`` and its masking (a masked step kee
 ``AUGRUCell.sequence`` and :func:`keras_gru_sequence` run the same recurrences over a whole
 padded sequence much faster than ``keras.layers.RNN``: the input products ``W i_t`` of all steps
 are one matrix product, the time loop is unrolled (the sequence length must be static) and the
-backward pass is written by hand (:func:`recurrence`), a few fused products per step instead of
-the dozens of small ops automatic differentiation emits. The values and gradients are the
-same as the ``keras.layers.RNN`` / ``keras.layers.GRU`` path (tests compare them).
+backward pass is written by hand (:func:`recurrence`: about twenty small ops per step instead
+of the several dozen automatic differentiation of the loop emits, and no while loop). The
+values and gradients are those of the ``keras.layers.RNN`` / ``keras.layers.GRU`` path (tests
+compare them).
 
 Args:
   units: hidden size.
@@ -40,7 +41,7 @@ Example::
     rnn = keras.layers.RNN(AUGRUCell(8), return_sequences=False)
     h_T = rnn(tf.concat([h, a[..., None]], -1), mask=mask)      # [batch, 8]
     cell = rnn.cell
-    h_T = cell.sequence(h, a, mask)[:, -1]                       # the same, fused
+    h_T = cell.sequence(h, a, mask, return_sequences=False)     # the same, fused
 
 Reference: Zhou et al., "Deep Interest Evolution Network for Click-Through Rate Prediction",
 AAAI 2019, section 4.3.

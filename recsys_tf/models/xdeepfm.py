@@ -13,6 +13,10 @@ Args:
   features: feature names used as fields (default: all).
   dim: field embedding size (default 16).
   cin_sizes: feature maps per CIN layer (default ``(128, 128)``).
+  cin_features: the fields the CIN crosses (default None: every feature). Its cost grows with
+    the square of their number; ``[names of the categorical and sequence features]`` crosses
+    the id embeddings only, as DeepCTR's xDeepFM does (numeric fields then reach the DNN and
+    the linear term only).
   split_half: CIN layers but the last send half their maps to the output (default True).
   dnn_units: hidden sizes of the DNN (default ``(256, 128)``).
   dropout: DNN dropout (default 0).
@@ -46,8 +50,14 @@ class XDeepFM(RankingModel):
 
     def __init__(self, feature_set, features=None, dim=16, cin_sizes=(128, 128), split_half=True,
                  dnn_units=(256, 128), dropout=0.0, embeddings_l2=1e-6, compute_dtype="float32",
-                 **kwargs):
+                 cin_features=None, **kwargs):
         super().__init__(feature_set, features, **kwargs)
+        self.cin_features = None if cin_features is None else list(cin_features)
+        for n in self.cin_features or ():
+            if n not in self.features:
+                raise ValueError(f"XDeepFM cin_features: {n!r} is not one of {self.features}")
+        if self.cin_features is not None and not self.cin_features:
+            raise ValueError("XDeepFM cin_features is empty: give None (all) or some features")
         self.dim, self.cin_sizes, self.split_half = int(dim), list(cin_sizes), bool(split_half)
         self.dnn_units, self.dropout = list(dnn_units), float(dropout)
         self.embeddings_l2 = float(embeddings_l2)
@@ -67,7 +77,12 @@ class XDeepFM(RankingModel):
     def logit(self, inputs, training=None):
         fields = self.embedding.fields(inputs)                           # [b, F, dim]
         flat = tf.reshape(fields, [-1, len(self.features) * self.dim])
-        explicit = self.cin_logit(self.cin(fields))
+        cin_in = fields
+        if self.cin_features is not None and self.cin_features != self.features:
+            cols = [self.features.index(n) for n in self.cin_features]
+            cin_in = (fields[:, cols[0]:cols[-1] + 1] if cols == list(range(cols[0], cols[-1] + 1))
+                      else tf.gather(fields, cols, axis=1))
+        explicit = self.cin_logit(self.cin(cin_in))
         implicit = self.dnn_logit(self.dnn(flat, training=training))
         return self.linear(inputs) + explicit + implicit
 
@@ -75,5 +90,6 @@ class XDeepFM(RankingModel):
         config = super().get_config()
         config.update({"dim": self.dim, "cin_sizes": self.cin_sizes, "split_half": self.split_half,
                        "dnn_units": self.dnn_units, "dropout": self.dropout,
-                       "embeddings_l2": self.embeddings_l2, "compute_dtype": self.compute_dtype_})
+                       "embeddings_l2": self.embeddings_l2, "compute_dtype": self.compute_dtype_,
+                       "cin_features": self.cin_features})
         return config

@@ -18,6 +18,9 @@ BATCH = {k: tf.constant(v[:8]) for k, v in X.items()}
 MODELS = {
     "deepfm": lambda **kw: DeepFM(FS, dim=4, dnn_units=(8,), **kw),
     "xdeepfm": lambda **kw: XDeepFM(FS, dim=4, cin_sizes=(4, 2), dnn_units=(8,), **kw),
+    "xdeepfm_ids_only": lambda **kw: XDeepFM(FS, dim=4, cin_sizes=(4, 2), dnn_units=(8,),
+                                             cin_features=["user_id", "item_id", "history"],
+                                             **kw),
     "dcn_v2": lambda **kw: DCNv2(FS, dim=None, cross_layers=2, dnn_units=(8,), **kw),
     "dcn_v2_low_rank": lambda **kw: DCNv2(FS, dim=4, cross_layers=2, projection_dim=2,
                                           structure="parallel", dnn_units=(8,), **kw),
@@ -125,3 +128,39 @@ def test_train_ranker_defaults(tiny_synthetic):
     wd = WideDeep(tiny_synthetic.feature_set, dim=4, dnn_units=(8,))
     training.train_ranker(wd, tiny_synthetic, epochs=1, batch_size=256, verbose=0)
     assert [type(o).__name__ for o in wd.optimizer] == ["Ftrl", "LazyAdam"]
+
+
+def test_wide_part_packs_the_per_feature_inputs():
+    keras.utils.set_random_seed(4)
+    model = MODELS["wide_deep"]()
+    model(BATCH)
+    rng = np.random.default_rng(0)
+    for v in model.linear_model.trainable_variables:        # distinct weights everywhere
+        v.assign(rng.normal(size=v.shape).astype(np.float32))
+    got = model.linear_model(model.linear_inputs(BATCH)).numpy()[:, 0]
+    packed = model.linear_inputs(BATCH)
+    assert sorted(packed) == ["history", "numeric", "one_hot"]
+    kernel = {name: layer.kernel.numpy()[:, 0]                 # LinearModel: sorted input names
+              for name, layer in zip(sorted(packed), model.linear_model.dense_layers)}
+    # the same sum, feature by feature, from the per-feature inputs and the kernel's row blocks
+    per_feature = model.wide_inputs(BATCH)
+    singles, _, offsets, cross_offsets, _ = model._layout
+    total = model.linear_model.bias.numpy()[0] * np.ones(8)
+    blocks = list(zip(singles, offsets)) + [("user_id_x_category", cross_offsets[0])]
+    for n, off in blocks:
+        x = tf.sparse.to_dense(per_feature[n]).numpy()
+        total = total + x @ kernel["one_hot"][off:off + x.shape[1]]
+    total = total + tf.sparse.to_dense(per_feature["history"]).numpy() @ kernel["history"]
+    total = total + per_feature["price"].numpy()[:, 0] * kernel["numeric"][0]
+    np.testing.assert_allclose(got, total, rtol=1e-5, atol=1e-5)
+
+
+def test_xdeepfm_cin_features():
+    keras.utils.set_random_seed(5)
+    model = MODELS["xdeepfm_ids_only"]()
+    model(BATCH)
+    assert model.cin.kernels[0].shape == (3 * 3, 4)          # 3 fields crossed, not 5
+    assert XDeepFM.from_config(model.get_config()).cin_features == ["user_id", "item_id",
+                                                                     "history"]
+    with pytest.raises(ValueError, match="not one of"):
+        XDeepFM(FS, cin_features=["nope"])
