@@ -1,8 +1,7 @@
 """numpy <-> ``TensorProto`` conversion without calling TensorFlow.
 
-Only the generated protobuf modules are used here (``tensor_pb2``, ``tensor_shape_pb2``,
-``types_pb2``), so the conversions are cheap and behave the same in a client process and
-in the server.
+Only the generated protobuf modules are used here (``tensor_pb2``, ``types_pb2``), so the
+conversions are cheap and behave the same in a client process and in the server.
 
 Encoding (``to_tensor_proto``):
 
@@ -21,7 +20,7 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorflow.core.framework import tensor_pb2, types_pb2
 
 __all__ = ["to_tensor_proto", "to_ndarray", "dtype_name", "numpy_dtype", "dtype_enum",
            "value_field"]
@@ -164,12 +163,14 @@ def _to_bytes(value) -> bytes:
         f"a string tensor holds str or bytes, got {type(value).__name__}: {value!r:.60}")
 
 
-def to_tensor_proto(array, dtype=None) -> tensor_pb2.TensorProto:
+def to_tensor_proto(array, dtype=None, out=None) -> tensor_pb2.TensorProto:
     """Encode an array-like as a ``TensorProto``.
 
     ``dtype`` (optional) is a numpy dtype, a name such as ``"float32"`` or ``"string"``, or a
     ``types_pb2.DataType`` value; numeric values are cast to it. Without it the array's own
-    dtype decides; ``str``/``bytes``/object arrays become DT_STRING.
+    dtype decides; ``str``/``bytes``/object arrays become DT_STRING. ``out`` (optional) is an
+    empty ``TensorProto`` to fill in place, e.g. ``request.inputs[name]``, which saves copying
+    a large message; the filled proto is returned.
     """
     target = None if dtype is None else dtype_enum(dtype)
     if target == _DT.DT_STRING:
@@ -179,12 +180,14 @@ def to_tensor_proto(array, dtype=None) -> tensor_pb2.TensorProto:
     else:
         arr = np.asarray(array)
 
-    proto = tensor_pb2.TensorProto()
-    proto.tensor_shape.CopyFrom(_shape_proto(arr.shape))
+    proto = tensor_pb2.TensorProto() if out is None else out
+    dims = proto.tensor_shape.dim
+    for d in arr.shape:
+        dims.add().size = int(d)
 
     if target == _DT.DT_STRING or arr.dtype.kind in "OSU":
         proto.dtype = _DT.DT_STRING
-        proto.string_val.extend(_to_bytes(v) for v in arr.reshape(-1).tolist())
+        _put_strings(proto.string_val, arr)
         return proto
 
     enum = dtype_enum(arr.dtype) if target is None else target
@@ -199,11 +202,18 @@ def to_tensor_proto(array, dtype=None) -> tensor_pb2.TensorProto:
     return proto
 
 
-def _shape_proto(shape) -> tensor_shape_pb2.TensorShapeProto:
-    out = tensor_shape_pb2.TensorShapeProto()
-    for d in shape:
-        out.dim.add().size = int(d)
-    return out
+def _put_strings(field, arr: np.ndarray) -> None:
+    """``string_val`` from a bytes/str/object array. All-``bytes`` values (the usual request)
+    go in with one ``extend`` of the plain list; anything else is converted element-wise."""
+    values = arr.reshape(-1).tolist()
+    if arr.dtype.kind == "U":
+        field.extend([v.encode("utf-8") for v in values])
+        return
+    try:
+        field.extend(values)           # bytes only: no per-element Python work
+    except TypeError:                  # str (or a bad element) among them
+        del field[:]
+        field.extend([_to_bytes(v) for v in values])
 
 
 def to_ndarray(proto: tensor_pb2.TensorProto, decode_strings: bool = False) -> np.ndarray:

@@ -111,7 +111,7 @@ class ServingClient:
         request = predict_pb2.PredictRequest()
         self._spec(request.model_spec, model, version, label, signature)
         for name, value in inputs.items():
-            request.inputs[name].CopyFrom(codec.to_tensor_proto(value))
+            codec.to_tensor_proto(value, out=request.inputs[name])
         if output_filter:
             request.output_filter.extend(output_filter)
         response = self._predict_stub.Predict(request, timeout=self._deadline(timeout))

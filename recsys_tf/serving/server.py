@@ -451,7 +451,8 @@ def _tensor_to_proto(value, proto) -> None:
             proto.ParseFromString(tf.io.serialize_tensor(value).numpy())
             return
         value = value.numpy()
-    proto.CopyFrom(codec.to_tensor_proto(np.asarray(value)))
+    proto.Clear()
+    codec.to_tensor_proto(np.asarray(value), out=proto)
 
 
 # --------------------------------------------------------------------------- the server

@@ -84,6 +84,27 @@ def test_strings_from_str_and_decode():
     assert tf.make_ndarray(codec.to_tensor_proto(["x", "yz"])).tolist() == [b"x", b"yz"]
 
 
+def test_string_fast_path_and_fallback_give_the_same_proto():
+    grid = np.array([[b"1001", b"17", b""], [b"", b"", b""]], dtype=object)
+    fast = codec.to_tensor_proto(grid)                       # bytes only: one extend
+    assert fast.SerializeToString() == tf.make_tensor_proto(grid).SerializeToString()
+    mixed = grid.copy()
+    mixed[0, 1] = "17"                                       # one str: the element-wise path
+    assert codec.to_tensor_proto(mixed).SerializeToString() == fast.SerializeToString()
+    with pytest.raises(TypeError, match="holds str or bytes, got int"):
+        codec.to_tensor_proto(np.array([b"a", 3], dtype=object))
+
+
+def test_fills_a_given_proto_in_place():
+    from tensorflow_serving.apis import predict_pb2
+    request = predict_pb2.PredictRequest()
+    got = codec.to_tensor_proto(ARRAYS["float32"], out=request.inputs["x"])
+    assert got is request.inputs["x"]
+    _same(tf.make_ndarray(request.inputs["x"]), ARRAYS["float32"])
+    codec.to_tensor_proto(ARRAYS["bytes"], out=request.inputs["s"])
+    _same(codec.to_ndarray(request.inputs["s"]), ARRAYS["bytes"])
+
+
 def test_explicit_dtype_casts():
     proto = codec.to_tensor_proto([1, 2, 3], dtype="float32")
     assert proto.dtype == types_pb2.DT_FLOAT
