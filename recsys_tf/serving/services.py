@@ -1,0 +1,185 @@
+"""TF Serving's gRPC services: PredictionService and ModelService.
+
+``ServiceHandlers`` answers their requests in-process (``predict``, ``get_model_metadata``,
+``get_model_status``, ``handle_reload_config``; the REST API calls the same methods), and
+``_handlers`` exposes them over gRPC as raw-bytes handlers, so that an unparsable message is
+INVALID_ARGUMENT rather than gRPC's INTERNAL and every call is counted in the metrics.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import grpc
+from google.protobuf.message import DecodeError
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    inference_pb2,
+    model_management_pb2,
+    predict_pb2,
+    regression_pb2,
+)
+
+from recsys_tf.serving.errors import ServingError, invalid, not_found
+
+if TYPE_CHECKING:
+    from recsys_tf.serving.server import ModelServer
+
+# The whole server logs under one name, whichever module a message comes from.
+log = logging.getLogger("recsys_tf.serving.server")
+
+METADATA_SIGNATURE_DEF = "signature_def"
+
+_STATE = get_model_status_pb2.ModelVersionStatus.State
+
+
+class ServiceHandlers:
+    """``ModelServer``'s answers to PredictionService and ModelService requests."""
+
+    # ----------------------------------------------------------------- Predict
+    def predict(self, request):
+        """Answer a ``PredictRequest`` in-process; raises ``ServingError``."""
+        if not request.HasField("model_spec"):
+            raise invalid("Missing ModelSpec")
+        return self._run_predict(self.resolve(request.model_spec), request)
+
+    # ----------------------------------------------------------------- metadata / status
+    def get_model_metadata(self, request):
+        """Answer a ``GetModelMetadataRequest`` in-process; raises ``ServingError``."""
+        if not request.HasField("model_spec"):
+            raise invalid("Missing ModelSpec")
+        if not request.metadata_field:
+            raise invalid("GetModelMetadataRequest must specify at least one metadata_field")
+        for name in request.metadata_field:
+            if name != METADATA_SIGNATURE_DEF:
+                raise invalid(f"Metadata field {name} is not supported")
+        ver = self.resolve(request.model_spec)
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        response.model_spec.name = ver.model
+        response.model_spec.version.value = ver.version
+        response.metadata[METADATA_SIGNATURE_DEF].CopyFrom(ver.metadata_any)
+        return response
+
+    def get_model_status(self, request):
+        """Answer a ``GetModelStatusRequest`` in-process; raises ``ServingError``.
+
+        As in TF Serving, a version label in the request is not resolved: all versions are
+        reported (a version number narrows the answer to that version).
+        """
+        if not request.HasField("model_spec"):
+            raise invalid("Missing ModelSpec")
+        spec = request.model_spec
+        with self._lock:
+            model = self._models.get(spec.name)
+            states = dict(model.states) if model is not None else {}
+        if spec.WhichOneof("version_choice") == "version":
+            only = spec.version.value
+            if only not in states:
+                raise not_found(f"Could not find version {only} of model {spec.name}")
+            states = {only: states[only]}
+        if not states:
+            raise not_found(f"Could not find any versions of model {spec.name}")
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for version in sorted(states, reverse=True):
+            state, code, message = states[version]
+            entry = response.model_version_status.add()
+            entry.version = version
+            entry.state = _STATE.Value(state)
+            entry.status.SetInParent()
+            entry.status.error_code = code.value[0]
+            entry.status.error_message = message
+        return response
+
+    def handle_reload_config(self, request):
+        """Answer a ``ReloadConfigRequest``: INVALID_ARGUMENT for a bad or unsafe config."""
+        try:
+            self.reload_config(request.config)
+        except ValueError as exc:
+            raise invalid(str(exc)) from None
+        response = model_management_pb2.ReloadConfigResponse()
+        response.status.SetInParent()
+        return response
+
+
+# --------------------------------------------------------------------------- gRPC glue
+_UNIMPLEMENTED = ("{name} is not supported by this server: its models export Predict "
+                  "signatures; call Predict with the signature that returns the scores")
+
+
+def _handlers(server: ModelServer) -> grpc.GenericRpcHandler:
+    """Raw-bytes handlers: the request is parsed here, so an unparsable message is an
+    INVALID_ARGUMENT answer instead of gRPC's own INTERNAL."""
+
+    def method(api, request_cls, fn):
+        def handle(raw, context):
+            start = time.perf_counter()
+            model, code = "", grpc.StatusCode.OK
+            try:
+                try:
+                    request = request_cls.FromString(raw)
+                except (DecodeError, RuntimeError) as exc:
+                    raise invalid(f"cannot parse the request as a "
+                                  f"{request_cls.DESCRIPTOR.full_name}: {exc}") from None
+                spec = getattr(request, "model_spec", None)
+                model = server.served_name(spec.name) if spec is not None else ""
+                return fn(request)
+            except ServingError as exc:
+                code, message = exc.code, exc.message
+            except Exception as exc:  # never let a request take the server down
+                log.exception("unexpected error while serving %s", api)
+                code, message = grpc.StatusCode.UNKNOWN, f"{type(exc).__name__}: {exc}"
+            finally:
+                server.metrics.record_request(model, api, "GRPC", code.name,
+                                              (time.perf_counter() - start) * 1e6)
+            log.warning("%s %s: %s: %s", api, model or "-", code.name, message[:300])
+            context.abort(code, message)
+
+        return grpc.unary_unary_rpc_method_handler(
+            handle, request_deserializer=None,
+            response_serializer=lambda response: response.SerializeToString())
+
+    def unimplemented(name):
+        def fn(_request):
+            raise ServingError(grpc.StatusCode.UNIMPLEMENTED, _UNIMPLEMENTED.format(name=name))
+        return fn
+
+    prediction = {
+        "Predict": method("predict", predict_pb2.PredictRequest, server.predict),
+        "GetModelMetadata": method("GetModelMetadata",
+                                   get_model_metadata_pb2.GetModelMetadataRequest,
+                                   server.get_model_metadata),
+        "Classify": method("classify", classification_pb2.ClassificationRequest,
+                           unimplemented("Classify")),
+        "Regress": method("regress", regression_pb2.RegressionRequest,
+                          unimplemented("Regress")),
+        "MultiInference": method("MultiInference", inference_pb2.MultiInferenceRequest,
+                                 unimplemented("MultiInference")),
+    }
+    model_service = {
+        "GetModelStatus": method("GetModelStatus", get_model_status_pb2.GetModelStatusRequest,
+                                 server.get_model_status),
+        "HandleReloadConfigRequest": method(
+            "HandleReloadConfigRequest", model_management_pb2.ReloadConfigRequest,
+            server.handle_reload_config),
+    }
+
+    class _Both(grpc.GenericRpcHandler):
+        def __init__(self):
+            self._handlers = [
+                grpc.method_handlers_generic_handler("tensorflow.serving.PredictionService",
+                                                     prediction),
+                grpc.method_handlers_generic_handler("tensorflow.serving.ModelService",
+                                                     model_service),
+            ]
+
+        def service(self, handler_call_details):
+            for handler in self._handlers:
+                found = handler.service(handler_call_details)
+                if found is not None:
+                    return found
+            return None
+
+    return _Both()

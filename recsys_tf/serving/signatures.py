@@ -1,0 +1,349 @@
+"""Running a signature of a loaded version, with TF Serving's request checks.
+
+Two paths: ``_FastSignature`` runs a signature straight from the request's TensorProtos
+(unbatched, or batched across requests through ``_ProtoBatch``), and the numpy path
+(``SignatureRunner.execute``) serves REST and the signatures the fast path cannot trace.
+Inputs are checked as TF Serving checks them (names, dtypes, shapes, sizes) before anything
+is decoded, and output filters are resolved. ``SignatureRunner`` is that part of
+``ModelServer``.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Dict, List, Optional
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2
+
+from recsys_tf.serving import codec
+from recsys_tf.serving.batching import BatchExecutor
+from recsys_tf.serving.errors import CODE_BY_VALUE, ServingError, invalid
+from recsys_tf.serving.servable import DEFAULT_SIGNATURE, _Version
+
+# The whole server logs under one name, whichever module a message comes from.
+log = logging.getLogger("recsys_tf.serving.server")
+
+
+def _shape_str(dims) -> str:
+    return "[" + ",".join(str(d) for d in dims) + "]"
+
+
+class _FastSignature:
+    """A signature called straight from request protos.
+
+    Unbatched, one TensorFlow function parses the serialized input TensorProtos
+    (``ParseTensor``, shapes enforced with ``EnsureShape``), runs the signature and serializes
+    the outputs, so no tensor passes through numpy or Python objects. Batched, a second
+    function takes the serialized inputs of every request in the batch, parses and
+    concatenates them in one graph (a ``while_loop`` over requests into ``TensorArray``s),
+    pads to the batch size asked for, and runs the signature once. Both are traced once per
+    signature; the numpy path (``ModelServer.execute``) serves REST and signatures these
+    cannot trace.
+    """
+
+    def __init__(self, fn, sig):
+        self.inputs = sorted(sig.inputs)
+        self.outputs = sorted(sig.outputs)
+        dtypes = [tf.dtypes.as_dtype(sig.inputs[n].dtype) for n in self.inputs]
+        shapes = [tf.TensorShape(sig.inputs[n].tensor_shape) for n in self.inputs]
+        inputs, outputs, n_in = self.inputs, self.outputs, len(self.inputs)
+
+        @tf.function(input_signature=[tf.TensorSpec([n_in], tf.string)])
+        def run(serialized):
+            tensors = {name: tf.ensure_shape(tf.io.parse_tensor(serialized[i], dtypes[i]),
+                                             shapes[i]) for i, name in enumerate(inputs)}
+            result = fn(**tensors)
+            return [tf.io.serialize_tensor(result[key]) for key in outputs]
+
+        self.fn = run.get_concrete_function()
+        self.batchable = n_in > 0 and all(s.rank is not None and s.rank >= 1 for s in shapes)
+        self.batch_fn = None
+        if not self.batchable:
+            return
+
+        @tf.function(input_signature=[tf.TensorSpec([None, n_in], tf.string),
+                                      tf.TensorSpec([], tf.int32)])
+        def run_batch(serialized, pad_to):
+            count = tf.shape(serialized)[0]
+            arrays = tuple(tf.TensorArray(dtypes[i], size=count, infer_shape=False,
+                                          element_shape=tf.TensorShape([None]).concatenate(
+                                              shapes[i][1:])) for i in range(n_in))
+
+            def body(t, *arrays):
+                return (t + 1,) + tuple(arrays[i].write(t, tf.io.parse_tensor(
+                    serialized[t, i], dtypes[i])) for i in range(n_in))
+
+            looped = tf.while_loop(lambda t, *_: t < count, body, (tf.constant(0),) + arrays)
+            tensors = {}
+            for i, name in enumerate(inputs):
+                value = tf.ensure_shape(looped[1 + i].concat(), shapes[i])
+                missing = tf.maximum(pad_to - tf.shape(value)[0], 0)
+                tensors[name] = tf.concat([value, tf.repeat(value[:1], missing, axis=0)], 0)
+            result = fn(**tensors)
+            return [result[key] for key in outputs]
+
+        self.batch_fn = run_batch.get_concrete_function()
+
+    def serialize(self, protos) -> List[bytes]:
+        return [protos[name].SerializeToString() for name in self.inputs]
+
+    def __call__(self, protos) -> Dict[str, bytes]:
+        """Unbatched: serialized output TensorProtos by output name."""
+        try:
+            result = self.fn(tf.constant(self.serialize(protos), dtype=tf.string))
+        except tf.errors.OpError as exc:
+            raise _op_error(exc) from None
+        return {key: value.numpy() for key, value in zip(self.outputs, result)}
+
+
+class _ProtoBatch(BatchExecutor):
+    """Batch executor over serialized requests (see ``_FastSignature``)."""
+
+    def __init__(self, fast: _FastSignature):
+        self.fast = fast
+
+    def _run(self, payloads, target):
+        try:
+            result = self.fast.batch_fn(tf.constant(payloads, dtype=tf.string),
+                                        tf.constant(target, tf.int32))
+        except tf.errors.OpError as exc:
+            raise _op_error(exc) from None
+        return {key: value.numpy() for key, value in zip(self.fast.outputs, result)}
+
+    def execute_one(self, payload):
+        return self._run([payload], 0)
+
+    def execute(self, payloads, sizes, target):
+        outputs = self._run(payloads, target)
+        for name, value in outputs.items():
+            if value.ndim == 0 or value.shape[0] != max(target, sum(sizes)):
+                raise ValueError(f"output {name!r} has no batch dimension; running the "
+                                 "requests one by one")
+        results, start = [], 0
+        for size in sizes:
+            results.append({name: value[start:start + size] for name, value in outputs.items()})
+            start += size
+        return results
+
+
+def _proto_batch_size(protos) -> Optional[int]:
+    """The shared first dimension of the request's tensors, or None (nothing to batch on)."""
+    size = None
+    for proto in protos.values():
+        dims = proto.tensor_shape.dim
+        if not dims:
+            return None
+        if size is None:
+            size = dims[0].size
+        elif dims[0].size != size:
+            return None
+    return size
+
+
+def _op_error(exc) -> ServingError:
+    return ServingError(CODE_BY_VALUE.get(exc.error_code, grpc.StatusCode.UNKNOWN), exc.message)
+
+
+def _tensor_to_proto(value, proto) -> None:
+    """Fill ``proto`` with an eager tensor or numpy array."""
+    if hasattr(value, "numpy"):
+        if value.dtype == tf.string:
+            proto.ParseFromString(tf.io.serialize_tensor(value).numpy())
+            return
+        value = value.numpy()
+    proto.Clear()
+    codec.to_tensor_proto(np.asarray(value), out=proto)
+
+
+class SignatureRunner:
+    """``ModelServer``'s running of signatures: Predict on a resolved version, input checks."""
+
+    @staticmethod
+    def signature_of(ver: _Version, name: str):
+        """(SignatureDef, function) of a loaded version; FAILED_PRECONDITION when absent."""
+        name = name or DEFAULT_SIGNATURE
+        sig = ver.signature_defs.get(name)
+        fn = ver.functions.get(name)
+        if sig is None or fn is None:
+            raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
+                               f"Serving signature key \"{name}\" not found.")
+        return sig, fn
+
+    # ----------------------------------------------------------------- Predict
+    def _run_predict(self, ver: _Version, request, batch: bool = True):
+        name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+        sig, fn = self.signature_of(ver, name)
+        self._check_inputs(sig, request.inputs)
+        outputs = self._output_names(sig, request.output_filter)
+        response = predict_pb2.PredictResponse()
+        response.model_spec.name = ver.model
+        response.model_spec.version.value = ver.version
+        response.model_spec.signature_name = name
+        scheduler = self._scheduler if batch else None
+        fast = self._fast(ver, name)
+        if fast is not None and (scheduler is None or not fast.batchable):
+            serialized = fast(request.inputs)
+            for key in outputs:
+                response.outputs[key].ParseFromString(serialized[key])
+            return response
+        size = _proto_batch_size(request.inputs) if fast is not None else None
+        if size is not None and not self.batching.pad_variable_length_inputs and (
+                size <= self.batching.execution_size):
+            # batching: the batch thread parses, concatenates and runs; rows come back here
+            inner = tuple(tuple(d.size for d in request.inputs[k].tensor_shape.dim[1:])
+                          for k in fast.inputs)
+            result = scheduler.submit((ver.uid, name, "proto", inner), _ProtoBatch(fast),
+                                      fast.serialize(request.inputs), size)
+        else:
+            arrays = {key: self._decode_tensor(key, request.inputs[key]) for key in sig.inputs}
+            result = self.execute(ver, name, arrays, outputs, batch=batch)
+        for key in outputs:
+            _tensor_to_proto(result[key], response.outputs[key])
+        return response
+
+    @staticmethod
+    def _fast(ver: _Version, name: str) -> Optional[_FastSignature]:
+        fast = ver.fast.get(name, False)
+        if fast is not False:
+            return fast
+        with ver.fast_lock:
+            if name not in ver.fast:
+                try:
+                    ver.fast[name] = _FastSignature(ver.functions[name],
+                                                    ver.signature_defs[name])
+                except Exception as exc:  # an unusual signature: the numpy path serves it
+                    log.info("model %s version %d signature %s: direct path unavailable "
+                             "(%s); using the numpy path", ver.model, ver.version, name, exc)
+                    ver.fast[name] = None
+            return ver.fast[name]
+
+    def execute(self, ver: _Version, signature: str, arrays: Dict[str, np.ndarray],
+                outputs: List[str], batch: bool = True) -> Dict[str, np.ndarray]:
+        """Run a signature on validated inputs (through the batch scheduler when batching)."""
+        sig, fn = self.signature_of(ver, signature)
+        for key, array in arrays.items():
+            self._check_shape(key, array, sig.inputs[key])
+
+        def run(inputs):
+            return self._call(fn, sig, inputs, outputs)
+
+        scheduler = self._scheduler
+        if batch and scheduler is not None:
+            return scheduler.run((ver.uid, signature, tuple(outputs)), run, arrays)
+        return run(arrays)
+
+    @staticmethod
+    def _call(fn, sig, arrays, outputs) -> Dict[str, np.ndarray]:
+        try:
+            tensors = {key: tf.constant(array, dtype=tf.dtypes.as_dtype(sig.inputs[key].dtype))
+                       for key, array in arrays.items()}
+            result = fn(**tensors)
+        except tf.errors.OpError as exc:
+            raise ServingError(CODE_BY_VALUE.get(exc.error_code, grpc.StatusCode.UNKNOWN),
+                               exc.message) from None
+        except (TypeError, ValueError) as exc:
+            raise invalid(str(exc)) from None
+        out = {}
+        for key in outputs:
+            if key not in result:
+                raise ServingError(grpc.StatusCode.UNKNOWN, "Predict internal error: the "
+                                   f"signature did not produce output {key!r}")
+            value = result[key]
+            out[key] = value.numpy() if hasattr(value, "numpy") else np.asarray(value)
+        return out
+
+    @staticmethod
+    def _output_names(sig, output_filter) -> List[str]:
+        if not output_filter:
+            return list(sig.outputs)
+        seen = set()
+        for alias in output_filter:
+            if alias not in sig.outputs:
+                raise invalid(f"output tensor alias not found in signature: {alias} Outputs "
+                              f"expected to be in the set {{{','.join(sorted(sig.outputs))}}}.")
+            if alias in seen:
+                raise invalid(f"duplicate output tensor alias: {alias}")
+            seen.add(alias)
+        return list(output_filter)
+
+    def _check_inputs(self, sig, inputs) -> None:
+        """TF Serving's input checks, made on the protos without decoding any values."""
+        expected = sorted(sig.inputs)
+        sent = sorted(inputs)
+        if len(sent) != len(expected):
+            extra = [k for k in sent if k not in sig.inputs]
+            missing = [k for k in expected if k not in inputs]
+            raise invalid(
+                f"input size does not match signature: {len(sent)}!={len(expected)} "
+                f"len({{{','.join(sent)}}}) != len({{{','.join(expected)}}}). Sent extra: "
+                f"{{{','.join(extra)}}}. Missing but required: {{{','.join(missing)}}}.")
+        for key in sent:
+            if key not in sig.inputs:
+                raise invalid(f"input tensor alias not found in signature: {key}. Inputs "
+                              f"expected to be in the set {{{','.join(expected)}}}.")
+        for key in expected:
+            self._check_tensor(key, inputs[key], sig.inputs[key])
+
+    def _check_tensor(self, key: str, proto, info) -> None:
+        if proto.dtype != info.dtype:
+            raise invalid(f"input '{key}': expects {codec.dtype_name(info.dtype)} but "
+                          f"{codec.dtype_name(proto.dtype)} is provided")
+        shape = proto.tensor_shape
+        if shape.unknown_rank:
+            raise invalid(f"tensor parsing error: {key}: the tensor has unknown rank")
+        dims = [d.size for d in shape.dim]
+        if any(d < 0 for d in dims):
+            raise invalid(f"tensor parsing error: {key}: negative dimension in shape "
+                          f"{_shape_str(dims)}")
+        n = 1
+        for d in dims:
+            n *= d
+        if n > self.max_message_bytes:
+            raise invalid(f"tensor parsing error: {key}: shape {_shape_str(dims)} holds {n} "
+                          f"elements, more than this server accepts ({self.max_message_bytes})")
+        is_string = proto.dtype == codec.dtype_enum("string")
+        try:
+            if proto.tensor_content:
+                if is_string:
+                    raise invalid(f"tensor parsing error: {key}: string tensors are sent in "
+                                  "string_val, not tensor_content")
+                need = n * codec.numpy_dtype(proto.dtype).itemsize
+                if len(proto.tensor_content) != need:
+                    raise invalid(
+                        f"tensor parsing error: {key}: tensor_content holds "
+                        f"{len(proto.tensor_content)} bytes, but a "
+                        f"{codec.dtype_name(proto.dtype)} tensor of shape {_shape_str(dims)} "
+                        f"needs {need}")
+            else:
+                field_name, per = codec.value_field(proto.dtype)
+                count = len(getattr(proto, field_name))
+                if count > n * per:
+                    raise invalid(f"tensor parsing error: {key}: the TensorProto has "
+                                  f"{count // per} {codec.dtype_name(proto.dtype)} values for "
+                                  f"a tensor of {n} elements")
+        except TypeError as exc:  # a dtype the codec has no layout for
+            raise invalid(f"tensor parsing error: {key}: {exc}") from None
+        want = None if info.tensor_shape.unknown_rank else [d.size for d in
+                                                             info.tensor_shape.dim]
+        if want is not None and (len(want) != len(dims) or any(
+                w >= 0 and w != g for w, g in zip(want, dims))):
+            raise invalid(f"input '{key}': shape {_shape_str(dims)} is incompatible with the "
+                          f"signature's shape {_shape_str(want)}")
+
+    def _decode_tensor(self, key: str, proto) -> np.ndarray:
+        try:
+            return codec.to_ndarray(proto)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise invalid(f"tensor parsing error: {key}: {exc}") from None
+
+    @staticmethod
+    def _check_shape(key: str, array: np.ndarray, info) -> None:
+        shape = info.tensor_shape
+        if shape.unknown_rank:
+            return
+        want = [d.size for d in shape.dim]
+        if len(want) != array.ndim or any(w >= 0 and w != g for w, g in zip(want, array.shape)):
+            raise invalid(f"input '{key}': shape {_shape_str(array.shape)} is incompatible "
+                          f"with the signature's shape {_shape_str(want)}")
