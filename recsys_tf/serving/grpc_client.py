@@ -7,7 +7,7 @@ one long-lived channel, converts numpy arrays with ``recsys_tf.serving.codec``, 
 from __future__ import annotations
 
 import threading
-from typing import Dict, Iterable, Mapping, Optional
+from typing import Dict, Iterable, Mapping, Optional, Tuple, Union
 
 import grpc
 import numpy as np
@@ -41,6 +41,13 @@ def _describe(tensor_infos) -> Dict[str, dict]:
             int(d.size) for d in info.tensor_shape.dim]
         out[name] = {"dtype": dtype, "shape": shape}
     return out
+
+
+def _answered_version(response) -> Optional[int]:
+    """The version in a response's ``model_spec``; None when the server left it out."""
+    if not response.HasField("model_spec") or not response.model_spec.HasField("version"):
+        return None
+    return int(response.model_spec.version.value)
 
 
 def _dtype_matches(array: np.ndarray, expected) -> bool:
@@ -101,12 +108,15 @@ class ServingClient:
     def predict(self, model: str, inputs: Mapping[str, object],
                 signature: str = DEFAULT_SIGNATURE, version: Optional[int] = None,
                 label: Optional[str] = None, output_filter: Optional[Iterable[str]] = None,
-                timeout: Optional[float] = None, decode_strings: bool = False
-                ) -> Dict[str, np.ndarray]:
+                timeout: Optional[float] = None, decode_strings: bool = False,
+                with_version: bool = False
+                ) -> Union[Dict[str, np.ndarray], Tuple[Dict[str, np.ndarray], Optional[int]]]:
         """One Predict call: ``{input name: array}`` in, ``{output name: array}`` out.
 
         String outputs come back as object arrays of ``bytes`` (``str`` with
-        ``decode_strings=True``). Raises ``grpc.RpcError`` on failure.
+        ``decode_strings=True``). With ``with_version=True`` it returns ``(outputs, version)``:
+        the model version that answered, from the response's ``model_spec`` (None when the
+        server does not say). Raises ``grpc.RpcError`` on failure.
         """
         request = predict_pb2.PredictRequest()
         self._spec(request.model_spec, model, version, label, signature)
@@ -115,14 +125,22 @@ class ServingClient:
         if output_filter:
             request.output_filter.extend(output_filter)
         response = self._predict_stub.Predict(request, timeout=self._deadline(timeout))
-        return {name: codec.to_ndarray(proto, decode_strings=decode_strings)
-                for name, proto in response.outputs.items()}
+        outputs = {name: codec.to_ndarray(proto, decode_strings=decode_strings)
+                   for name, proto in response.outputs.items()}
+        if not with_version:
+            return outputs
+        return outputs, _answered_version(response)
 
     def metadata(self, model: str, version: Optional[int] = None,
-                 timeout: Optional[float] = None) -> Dict[str, dict]:
-        """All signatures of a model version: ``{signature: description}`` (see ``signature``)."""
+                 timeout: Optional[float] = None, *, label: Optional[str] = None
+                 ) -> Dict[str, dict]:
+        """All signatures of a model version: ``{signature: description}`` (see ``signature``).
+
+        ``version`` or ``label`` (a version label, e.g. ``"canary"``) picks the version; neither
+        means the latest. Each description's ``"version"`` is the version that answered.
+        """
         request = get_model_metadata_pb2.GetModelMetadataRequest()
-        self._spec(request.model_spec, model, version)
+        self._spec(request.model_spec, model, version, label)
         request.metadata_field.append("signature_def")
         response = self._predict_stub.GetModelMetadata(request, timeout=self._deadline(timeout))
         sig_map = get_model_metadata_pb2.SignatureDefMap()
@@ -136,21 +154,24 @@ class ServingClient:
 
     def signature(self, model: str, signature: str = DEFAULT_SIGNATURE,
                   version: Optional[int] = None, refresh: bool = False,
-                  timeout: Optional[float] = None) -> dict:
-        """Describe one signature, cached per (model, version, signature).
+                  timeout: Optional[float] = None, *, label: Optional[str] = None) -> dict:
+        """Describe one signature, cached per (model, version or label, signature).
 
         Returns ``{"inputs": {name: {"dtype", "shape"}}, "outputs": {...}, "method_name",
         "version"}``; dtype is a numpy dtype or ``"string"``, shape a list with -1 for unknown
         sizes (None for unknown rank). ``refresh=True`` re-reads it (e.g. after a new version).
+        ``label`` asks for a labelled version instead of ``version`` (not both).
         Raises ``ValueError`` if the model has no such signature.
         """
-        key = (model, version, signature)
+        if version is not None and label is not None:
+            raise ValueError("give a version or a version label, not both")
+        key = (model, version, label, signature)
         if not refresh:
             with self._lock:
                 cached = self._signatures.get(key)
             if cached is not None:
                 return cached
-        signatures = self.metadata(model, version, timeout=timeout)
+        signatures = self.metadata(model, version, timeout=timeout, label=label)
         if signature not in signatures:
             public = sorted(k for k in signatures if not k.startswith("__"))
             raise ValueError(f"model {model!r} has no signature {signature!r}; "
@@ -165,12 +186,14 @@ class ServingClient:
             self._signatures.clear()
 
     def validate(self, model: str, inputs: Mapping[str, object],
-                 signature: str = DEFAULT_SIGNATURE, version: Optional[int] = None) -> None:
-        """Check input names, dtypes, ranks and known sizes against the signature.
+                 signature: str = DEFAULT_SIGNATURE, version: Optional[int] = None, *,
+                 label: Optional[str] = None) -> None:
+        """Check input names, dtypes, ranks and known sizes against the signature (of
+        ``version`` or the version labelled ``label``; the latest by default).
 
         Raises ``ValueError`` naming the offending input; returns None when all is well.
         """
-        spec = self.signature(model, signature, version)["inputs"]
+        spec = self.signature(model, signature, version, label=label)["inputs"]
         expected = sorted(spec)
         for name in inputs:
             if name not in spec:

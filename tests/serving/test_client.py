@@ -436,3 +436,136 @@ def test_scann_retrieval_model(server, trained, tiny_synthetic):
                      max_retrieval_k=12) as rec:
         res = rec.recommend(u, k=10, context=ctx, n_candidates=40)
     assert res.degraded is None and max(r.reasons["retrieval_rank"] for r in res.items) <= 12
+
+
+# ---------------------------------------------------------------------------------------------
+# which version answered: ServingClient.predict(with_version=True), version labels
+
+import shutil  # noqa: E402
+
+import grpc  # noqa: E402
+
+from recsys_tf.serving.client_requests import _input  # noqa: E402
+
+LABELLED_CONFIG = """
+model_config_list {
+  config { name: "two_tower" base_path: "two_tower" model_platform: "tensorflow" }
+  config {
+    name: "deepfm"
+    base_path: "deepfm"
+    model_platform: "tensorflow"
+    model_version_policy { all {} }
+    version_labels { key: "stable" value: 1 }
+    version_labels { key: "canary" value: 2 }
+  }
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def labelled_server(trained, tmp_path_factory):
+    """A bundled server (from a model config) serving the session's DeepFM export as versions
+    1 and 2, labelled "stable" and "canary", next to the session's two-tower."""
+    from recsys_tf.serving.server import ModelServer
+
+    root = tmp_path_factory.mktemp("labelled_models")
+    shutil.copytree(os.path.join(trained["root"], "two_tower", "1"), root / "two_tower" / "1")
+    for version in ("1", "2"):
+        shutil.copytree(os.path.join(trained["root"], "deepfm", "1"), root / "deepfm" / version)
+    (root / "models.config").write_text(LABELLED_CONFIG)
+    srv = ModelServer(model_config_file=str(root / "models.config"), host="127.0.0.1", port=0)
+    port = srv.start()
+    yield f"127.0.0.1:{port}"
+    srv.stop()
+
+
+def _unknown_rows(model, sig, rows=2):
+    """A request for ``sig`` with every input unknown ("" / 0 / NaN), built as the client
+    builds one."""
+    return {n: _input(model, n, spec, [None], rows, True) for n, spec in sig["inputs"].items()}
+
+
+def test_predict_with_version_reports_the_version_that_answered(server):
+    with ServingClient(server) as client:
+        sig = client.signature("deepfm")
+        x = _unknown_rows("deepfm", sig)
+        plain = client.predict("deepfm", x)
+        out, version = client.predict("deepfm", x, with_version=True)
+        pinned, pinned_version = client.predict("deepfm", x, version=1, with_version=True)
+    assert isinstance(plain, dict)  # the default return is unchanged
+    assert version == pinned_version == sig["version"] == 1
+    assert set(out) == set(plain) == set(pinned)
+    for name in plain:
+        np.testing.assert_array_equal(out[name], plain[name])
+        np.testing.assert_array_equal(pinned[name], plain[name])
+
+
+def test_signature_and_metadata_by_version_label(labelled_server, server):
+    with ServingClient(labelled_server) as client:
+        assert client.signature("deepfm")["version"] == 2  # no version asked: the latest
+        assert client.signature("deepfm", label="stable")["version"] == 1
+        assert client.signature("deepfm", label="canary")["version"] == 2
+        assert client.signature("deepfm", version=1)["version"] == 1
+        meta = client.metadata("deepfm", label="stable")
+        assert meta["serving_default"]["version"] == 1
+        assert meta["serving_default"]["inputs"] == client.signature("deepfm")["inputs"]
+        assert {s["version"] for s in client.metadata("deepfm", label="canary").values()} == {2}
+        x = _unknown_rows("deepfm", meta["serving_default"])
+        for label, want in (("stable", 1), ("canary", 2), (None, 2)):
+            _, version = client.predict("deepfm", x, label=label, with_version=True)
+            assert version == want, label
+        with pytest.raises(ValueError, match="not both"):
+            client.signature("deepfm", version=1, label="stable")
+        with pytest.raises(grpc.RpcError) as err:
+            client.metadata("deepfm", label="beta")
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "beta" in err.value.details()
+    with ServingClient(server) as client:  # the session server has no labels
+        with pytest.raises(grpc.RpcError) as err:
+            client.signature("deepfm", label="stable")
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NoVersion:
+    """A ServingClient stand-in whose predict takes no ``with_version`` (as older stand-ins)."""
+
+    def __init__(self, target):
+        self.real = ServingClient(target)
+
+    def signature(self, *args, **kwargs):
+        return self.real.signature(*args, **kwargs)
+
+    def predict(self, model, inputs, signature="serving_default", version=None, label=None,
+                output_filter=None, timeout=None):
+        return self.real.predict(model, inputs, signature=signature, version=version,
+                                 label=label, output_filter=output_filter, timeout=timeout)
+
+
+def test_result_records_the_ranker_version_that_answered(labelled_server, tables,
+                                                          tiny_synthetic):
+    u, ctx = _user(tiny_synthetic)
+    scores = {}
+    for label, version in (("stable", 1), ("canary", 2)):
+        with Recommender(labelled_server, tables, ranker_label=label) as rec:
+            res = rec.recommend(u, k=4, context=ctx, n_candidates=10)
+        assert res.degraded is None, res.degraded
+        assert res.models["ranker"] == {"name": "deepfm", "version": version, "label": label}
+        scores[label] = [(r.item_id, r.ranking_score) for r in res.items]
+    assert scores["stable"] == scores["canary"]  # the same export under two versions
+    with Recommender(labelled_server, tables) as rec:
+        res = rec.recommend(u, k=4, context=ctx, n_candidates=10)
+    assert res.models == {"retrieval": {"name": "two_tower", "version": 1},
+                          "ranker": {"name": "deepfm", "version": 2}}
+    # a client that cannot say which version answered: the version comes from the signature
+    # (and stays unknown for a label), as before
+    stand_in = NoVersion(labelled_server)
+    try:
+        res = Recommender(labelled_server, tables, client=stand_in).recommend(
+            u, k=4, context=ctx, n_candidates=10)
+        assert res.degraded is None and res.models["ranker"]["version"] == 2
+        res = Recommender(labelled_server, tables, client=stand_in, ranker_label="stable"
+                          ).recommend(u, k=4, context=ctx, n_candidates=10)
+        assert res.degraded is None
+        assert res.models["ranker"] == {"name": "deepfm", "version": None, "label": "stable"}
+    finally:
+        stand_in.real.close()

@@ -1,0 +1,180 @@
+"""Item and user stores: the in-memory feature-store interface of the recommendation client.
+
+:class:`ItemStore` is what a real feature store implements (item columns by id, the most
+popular ids, optional embeddings); :class:`InMemoryItemStore` and :class:`UserStore` hold the
+tables a retrieval export writes to ``assets.extra`` (``items.jsonl``, ``item_embeddings.npy``,
+``users.jsonl``) in memory.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+__all__ = ["ItemStore", "InMemoryItemStore", "UserStore"]
+
+
+def _read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _is_number(v):
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(
+        v, (bool, np.bool_))
+
+
+def _as_column(values):
+    """One column of the item table as a numpy array with one extra trailing slot for unknown
+    ids: float64 (NaN) when the column holds floats, else object (None)."""
+    if any(isinstance(v, (float, np.floating)) for v in values) and all(
+            v is None or _is_number(v) for v in values):
+        return np.array([np.nan if v is None else float(v) for v in values] + [np.nan])
+    out = np.empty(len(values) + 1, dtype=object)
+    out[:-1] = values
+    return out
+
+
+class ItemStore:
+    """Item features by id: the interface a real feature store implements.
+
+    ``key`` is the id column's name and ``size`` the number of items known (0 when the store
+    cannot tell). ``get``, ``popular`` are required; ``vectors`` (item embeddings for MMR)
+    and ``normalise`` have defaults.
+    """
+
+    key = None
+    size = 0
+
+    def get(self, item_ids) -> dict:
+        """``{column: array or list aligned with item_ids}``; None (NaN) for unknown ids."""
+        raise NotImplementedError
+
+    def popular(self, n, exclude=()) -> list:
+        """The ``n`` most popular ids not in ``exclude``, most popular first."""
+        raise NotImplementedError
+
+    def vectors(self, item_ids):
+        """``[len(item_ids), d]`` item embeddings, or None when the store has none."""
+        return None
+
+    def normalise(self, item_id):
+        """An id as the store keys it: ids come back from Predict as bytes or numpy scalars."""
+        if isinstance(item_id, bytes):
+            item_id = item_id.decode()
+        if isinstance(item_id, np.generic):
+            item_id = item_id.item()
+        return item_id
+
+    def normalise_many(self, item_ids) -> list:
+        return [self.normalise(i) for i in item_ids]
+
+
+class InMemoryItemStore(ItemStore):
+    """The exported item table (``items.jsonl`` + ``item_embeddings.npy``) held in memory,
+    column by column, so hydrating a few hundred candidates is a dict lookup per id plus one
+    numpy gather per column."""
+
+    def __init__(self, rows, key, embeddings=None):
+        self.key = key
+        self.ids = [r[key] for r in rows]
+        self._pos = {i: n for n, i in enumerate(self.ids)}
+        if len(self._pos) != len(self.ids):
+            raise ValueError(f"item table: duplicate values in the id column {key!r}")
+        self._unknown = len(self.ids)  # index of the trailing "unknown" slot
+        columns = []
+        for r in rows:
+            columns += [c for c in r if c != key and c not in columns]
+        self.columns = columns
+        self._data = {c: _as_column([r.get(c) for r in rows]) for c in columns}
+        self.rows = {r[key]: r for r in rows}
+        self.embeddings = None
+        if embeddings is not None:
+            emb = np.asarray(embeddings, dtype=np.float32)
+            if emb.ndim != 2 or len(emb) != len(self.ids):
+                raise ValueError(f"item embeddings have shape {emb.shape}; expected one row "
+                                 f"per item ({len(self.ids)})")
+            self.embeddings = emb
+            self._emb = np.vstack([emb, np.zeros((1, emb.shape[1]), np.float32)])
+        pop = self._data.get("popularity")
+        weight = np.zeros(len(self.ids)) if pop is None else np.array(
+            [0 if (v is None or v != v) else v for v in pop[:-1]], dtype=np.float64)
+        self._popular = [self.ids[i] for i in np.argsort(-weight, kind="stable")]
+        self._key_is_int = bool(self.ids) and isinstance(self.ids[0], (int, np.integer))
+
+    @property
+    def size(self):
+        return len(self.ids)
+
+    @classmethod
+    def from_dir(cls, path, key):
+        rows = _read_jsonl(os.path.join(path, "items.jsonl"))
+        emb_path = os.path.join(path, "item_embeddings.npy")
+        emb = np.load(emb_path) if os.path.exists(emb_path) else None
+        return cls(rows, key, emb)
+
+    def normalise(self, item_id):
+        item_id = super().normalise(item_id)
+        if self._key_is_int and isinstance(item_id, str) and item_id.lstrip("-").isdigit():
+            return int(item_id)
+        return item_id
+
+    def normalise_many(self, item_ids):
+        arr = np.asarray(item_ids)
+        if arr.dtype == object and not self._key_is_int:
+            try:
+                return [b.decode() for b in arr.tolist()]
+            except AttributeError:
+                pass
+        if arr.dtype.kind in "iu" and self._key_is_int:
+            return arr.tolist()
+        return [self.normalise(i) for i in arr.tolist()]
+
+    def positions(self, item_ids):
+        try:
+            return np.array(list(map(self._pos.__getitem__, item_ids)), dtype=np.int64)
+        except KeyError:  # some unknown ids: they point at the trailing "unknown" slot
+            unknown, pos = self._unknown, self._pos
+            return np.array([pos.get(i, unknown) for i in item_ids], dtype=np.int64)
+
+    def get(self, item_ids):
+        idx = self.positions(item_ids)
+        return {c: col[idx] for c, col in self._data.items()}
+
+    def vectors(self, item_ids):
+        if self.embeddings is None:
+            return None
+        return self._emb[self.positions(item_ids)]
+
+    def popular(self, n, exclude=()):
+        exclude = set(exclude)
+        out = []
+        for i in self._popular:
+            if len(out) >= n:
+                break
+            if i not in exclude:
+                out.append(i)
+        return out
+
+
+class UserStore:
+    """User features (and ``seen`` items) by id, from the exported ``users.jsonl``.
+
+    A real feature store implements ``get(user_id) -> dict`` (a fresh dict the caller may
+    modify; an unknown user gets ``{key: user_id}``).
+    """
+
+    def __init__(self, rows, key):
+        self.key = key
+        self.rows = {r[key]: r for r in rows}
+
+    @classmethod
+    def from_dir(cls, path, key):
+        return cls(_read_jsonl(os.path.join(path, "users.jsonl")), key)
+
+    def get(self, user_id) -> dict:
+        row = self.rows.get(user_id)
+        if row is None and isinstance(user_id, str) and user_id.lstrip("-").isdigit():
+            row = self.rows.get(int(user_id))
+        return dict(row) if row is not None else {self.key: user_id}
