@@ -30,6 +30,10 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
+from recsys_tf._arrays import as_1d as _as_1d
+from recsys_tf._arrays import finite_1d as _finite_floats
+from recsys_tf._arrays import same_length as _same_length
+
 __all__ = [
     "auc",
     "logloss",
@@ -44,36 +48,6 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------- validation
-
-
-def _as_1d(x, name):
-    arr = np.asarray(x)
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be 1-D, got an array of shape {arr.shape}")
-    return arr
-
-
-def _same_length(a, name_a, b, name_b):
-    if len(a) != len(b):
-        raise ValueError(
-            f"{name_a} has {len(a)} elements but {name_b} has {len(b)}; "
-            "they must be the same length"
-        )
-
-
-def _finite_floats(x, name):
-    arr = _as_1d(x, name)
-    try:
-        arr = arr.astype(np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be numeric, got dtype {arr.dtype}") from None
-    bad = ~np.isfinite(arr)
-    if bad.any():
-        raise ValueError(
-            f"{name} must be finite, got {arr[bad][:3].tolist()} at position(s) "
-            f"{np.flatnonzero(bad)[:3].tolist()}"
-        )
-    return arr
 
 
 def _binary_labels(labels):

@@ -1,6 +1,7 @@
 """Every export reloads with tf.saved_model.load and matches the Keras model on one batch."""
 import json
 import os
+import re
 
 import numpy as np
 
@@ -73,3 +74,29 @@ def test_two_tower_k_beyond_index_is_invalid_argument(trained, tiny_synthetic):
     x = _tensors(fs.arrays(tiny_synthetic.retrieval_test.head(2), model.query_features))
     with pytest.raises(tf.errors.InvalidArgumentError, match="k exceeds"):
         fn(**x, k=tf.constant(len(tiny_synthetic.items) + 1))
+
+
+def test_ranker_export_logs_no_invalid_node_names(trained, tmp_path):
+    """A ranker trained on encoded inputs is traced with them when saved: their dict keys name
+    placeholders, so they must be valid node names (no "`#cat` is not a valid node name")."""
+    import logging
+
+    from recsys_tf.export import export_ranker
+    from recsys_tf.layers.embedding import CAT_KEY, NUM_KEY, id_key
+
+    valid = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\\/>-]*$")   # TensorFlow's node name rule
+    assert all(valid.match(k) for k in (CAT_KEY, NUM_KEY, id_key("history")))
+    _, model = trained["deepfm"]
+    records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logger = tf.get_logger()
+    logger.addHandler(handler)
+    try:
+        path = export_ranker(model, str(tmp_path), "deepfm")
+    finally:
+        logger.removeHandler(handler)
+    messages = [r.getMessage() for r in records]
+    assert not [m for m in messages if "valid node name" in m], messages[:3]
+    fn = tf.saved_model.load(path).signatures["serving_default"]
+    assert sorted(fn.structured_input_signature[1]) == sorted(model.features)

@@ -33,8 +33,8 @@ returns them stacked ``[batch, fields, dim]`` and :meth:`flat` concatenated ``[b
 directly (no per-feature tensors in between).
 
 Encoded inputs (what the trainer feeds): :meth:`encode` runs the lookups alone and returns
-``{"#cat": [batch, k] int32 row indices of the single-valued categorical features (in
-features order), "#num": [batch, N] raw numeric values, name + "#id": a sequence's indices
+``{".cat": [batch, k] int32 row indices of the single-valued categorical features (in
+features order), ".num": [batch, N] raw numeric values, name + ".id": a sequence's indices
 (-1 at padding)}``. The layer accepts that dict in place of raw values, so the string/hash
 lookups can run once, before training, while the SavedModel still takes raw values. Every
 layer built from the same features gives the same encoding (a vocabulary lookup puts the OOV
@@ -50,9 +50,15 @@ from __future__ import annotations
 from recsys_tf.backend import keras, tf
 from recsys_tf.features import Categorical, FeatureSet, Numeric, Sequence
 
-CAT_KEY = "#cat"
-NUM_KEY = "#num"
-ID_SUFFIX = "#id"
+# The keys of an encoded dict. They must be valid TensorFlow node names
+# (``[A-Za-z0-9.][A-Za-z0-9_.\\/>-]*``): Keras names the placeholders of a model's traced
+# ``call`` in every SavedModel it writes after the keys of the dict the model was first called
+# with, and keys such as "#cat" made TensorFlow log "`#cat` is not a valid node name" once per
+# traced function (and fall back to unnamed placeholders). The "." keeps them apart from
+# ordinary feature names; nothing outside this module spells them.
+CAT_KEY = ".cat"
+NUM_KEY = ".num"
+ID_SUFFIX = ".id"
 
 
 def id_key(name: str) -> str:
@@ -131,7 +137,7 @@ class FeatureEmbedding(keras.layers.Layer):
             d = self.table_dim(t)
             offset[t] = rows.get(d, 0)
             rows[d] = rows.get(d, 0) + self._tables[t].num_buckets
-        for j, n in enumerate(self._cat):  # embedding size -> (columns of "#cat", offsets)
+        for j, n in enumerate(self._cat):  # embedding size -> (columns of CAT_KEY, offsets)
             d = self.table_dim(self.feature_set[n].table)
             cols, offs = groups.setdefault(d, ([], []))
             cols.append(j)
@@ -197,7 +203,7 @@ class FeatureEmbedding(keras.layers.Layer):
         return self.lookup(name, inputs[name])
 
     def encode(self, inputs):
-        """The lookups alone: ``{"#cat": [b, k] int32, "#num": [b, N] float32, seq + "#id":
+        """The lookups alone: ``{".cat": [b, k] int32, ".num": [b, N] float32, seq + ".id":
         [b, L] int32 (-1 at padding)}`` (see the module docstring). Encoded inputs pass through."""
         if is_encoded(inputs):
             return inputs

@@ -42,6 +42,10 @@ Args:
 
 Inputs: dict of raw feature tensors. Outputs: click probability ``[batch]``.
 
+:meth:`~recsys_tf.models.din.DIN.attention_weights` returns ``a_t`` (``[batch, max_len]``,
+each row a softmax over the real steps with the default normalisation, 0 at padding): the
+attention that gates the AUGRU.
+
 Example::
 
     model = DIEN(ds.feature_set, dim=16, evolution="augru")
@@ -89,16 +93,23 @@ class DIEN(DIN):
             # built now, so that serving-only and trained models hold the same weights
             self.aux_projection.build((None, None, self.gru_units))
 
+    def _fused(self, behaviors):
+        return self.fused_rnn and behaviors.shape[1] is not None
+
+    def attention_keys(self, behaviors, mask):
+        """The interest states ``h_t`` ``[b, L, H]`` of the extractor GRU: what DIEN's
+        target attention weighs."""
+        if self._fused(behaviors):
+            return keras_gru_sequence(self.extractor, behaviors, mask)
+        return self.extractor(behaviors, mask=mask)
+
     # Plain Python over static shapes: no AutoGraph conversion needed, and skipping it takes
     # seconds off building the training graph (the unrolled recurrences are long).
     @tf.autograph.experimental.do_not_convert
     def logit(self, inputs, training=None):
         behaviors, mask, target, others = self.embed(inputs)
-        fused = self.fused_rnn and behaviors.shape[1] is not None
-        if fused:
-            h = keras_gru_sequence(self.extractor, behaviors, mask)            # [b, L, H]
-        else:
-            h = self.extractor(behaviors, mask=mask)
+        fused = self._fused(behaviors)
+        h = self.attention_keys(behaviors, mask)                                # [b, L, H]
         if training and self.aux_loss_weight:
             items = self.embedding.ids(inputs, self.behavior[0][0])          # table rows
             aux = self.auxiliary_loss(h, behaviors, mask, items)

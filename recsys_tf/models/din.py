@@ -31,10 +31,15 @@ Args:
 
 Inputs: dict of raw feature tensors. Outputs: click probability ``[batch]``.
 
+:meth:`DIN.attention_weights` returns the weights ``a_j`` the candidate puts on each
+behaviour (``[batch, max_len]``, 0 at padding), e.g. to draw them as a heat map.
+
 Example::
 
     model = DIN(ds.feature_set, dim=16)
-    p = model(ds.feature_set.arrays(ds.test.head(4)))
+    x = ds.feature_set.arrays(ds.test.head(4))
+    p = model(x)
+    a = model.attention_weights(x).numpy()     # [4, max_len]
 
 Reference: Zhou et al., "Deep Interest Network for Click-Through Rate Prediction", KDD 2018.
 """
@@ -122,6 +127,38 @@ class DIN(RankingModel):
                 others.append(e[n])
         return behaviors, mask, target, others
 
+    def attention_keys(self, behaviors, mask):
+        """What the target attends over, ``[b, L, d]``: DIN attends over the behaviour
+        embeddings themselves."""
+        return behaviors
+
+    def attention_weights(self, inputs):
+        """Target-attention weights over the behaviour history, as the model computes them.
+
+        Row ``i``, position ``j`` is the weight candidate ``i`` puts on behaviour ``j`` of its
+        history (oldest first). Padded positions get 0, and a row without any behaviour is
+        all 0. What a real position holds depends on ``attention_normalization``:
+        ``"softmax"`` - non-negative, each row with a behaviour sums to 1; ``"sigmoid"`` - in
+        (0, 1); ``"none"`` (DIN's default) - the raw scores, any sign. For DIEN these are the
+        weights over the interest states ``h_t`` that gate the AUGRU.
+
+        Args:
+          inputs: dict of raw feature values (tensors, numpy arrays or lists), as for
+            ``model(inputs)``.
+
+        Returns:
+          float32 tensor ``[batch, max_len]`` (``.numpy()`` for an array).
+
+        Example::
+
+            x = fs.arrays(frame, model.features)
+            weights = model.attention_weights(x).numpy()
+        """
+        inputs = self.encoded({k: tf.convert_to_tensor(v) for k, v in inputs.items()})
+        behaviors, mask, target, _ = self.embed(inputs)
+        _, weights = self.attention([self.attention_keys(behaviors, mask), target], mask=mask)
+        return weights
+
     def head(self, interest, behaviors, mask, target, others, training=None):
         """``w^T MLP([interest; e_a; s; e_a * s; e_other])`` with ``s`` the sum-pooled history."""
         pooled = tf.reduce_sum(behaviors * tf.cast(mask, behaviors.dtype)[..., None], axis=1)
@@ -131,7 +168,7 @@ class DIN(RankingModel):
     @tf.autograph.experimental.do_not_convert   # plain Python over static shapes
     def logit(self, inputs, training=None):
         behaviors, mask, target, others = self.embed(inputs)
-        interest, _ = self.attention([behaviors, target], mask=mask)
+        interest, _ = self.attention([self.attention_keys(behaviors, mask), target], mask=mask)
         return self.head(interest, behaviors, mask, target, others, training=training)
 
     def get_config(self):

@@ -25,13 +25,17 @@ Example::
     order = category_cap(order, cats, cap=3)[:10]
     top_ids, top_scores = ids[order], scores[order]
 
-Nothing here imports TensorFlow or any other part of the package.
+Nothing here imports TensorFlow or any model code: the only package import is the
+numpy-only validation helpers in :mod:`recsys_tf._arrays`, shared with :mod:`recsys_tf.metrics`.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
 
 import numpy as np
+
+from recsys_tf._arrays import finite_1d, numeric_1d
+from recsys_tf._arrays import same_length as _same_length
 
 __all__ = [
     "filter_mask",
@@ -51,28 +55,7 @@ __all__ = [
 
 
 def _scores(x, name="scores"):
-    arr = np.asarray(x)
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be 1-D, got an array of shape {arr.shape}")
-    try:
-        arr = arr.astype(np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be numeric, got dtype {arr.dtype}") from None
-    bad = ~np.isfinite(arr)
-    if bad.any():
-        raise ValueError(
-            f"{name} must be finite, got {arr[bad][:3].tolist()} at position(s) "
-            f"{np.flatnonzero(bad)[:3].tolist()}"
-        )
-    return arr
-
-
-def _same_length(a, name_a, b, name_b):
-    if len(a) != len(b):
-        raise ValueError(
-            f"{name_a} has {len(a)} elements but {name_b} has {len(b)}; "
-            "they must be the same length"
-        )
+    return finite_1d(x, name)
 
 
 def _minmax(x):
@@ -324,13 +307,7 @@ def freshness_boost(scores, age, half_life, strength):
       [2.0, 1.5, 1.0]
     """
     s = _scores(scores)
-    a = np.asarray(age)
-    if a.ndim != 1:
-        raise ValueError(f"age must be 1-D, got an array of shape {a.shape}")
-    try:
-        a = a.astype(np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"age must be numeric, got dtype {a.dtype}") from None
+    a = numeric_1d(age, "age")
     _same_length(s, "scores", a, "age")
     if not (np.isfinite(half_life) and half_life > 0):
         raise ValueError(f"half_life must be a positive finite number, got {half_life!r}")

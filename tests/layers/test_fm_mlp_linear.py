@@ -28,16 +28,6 @@ BATCH = {
 }
 
 
-def saved_model_roundtrip(layer, x, signature, tmp_path):
-    layer(x)   # build the weights outside the traced function
-    module = tf.Module()
-    module.layer = layer
-    module.f = tf.function(lambda v: layer(v), input_signature=[signature])
-    tf.saved_model.save(module, str(tmp_path / "layer"))
-    loaded = tf.saved_model.load(str(tmp_path / "layer"))   # keep it alive while calling
-    return loaded.f(x)
-
-
 # -- FM --------------------------------------------------------------------------------------
 V = tf.constant([[[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]])
 
@@ -49,10 +39,10 @@ def test_fm_golden():
     np.testing.assert_allclose(FM(reduce_sum=False)(V).numpy(), [[23.0, 44.0]])
 
 
-def test_fm_config_and_saved_model(tmp_path):
+def test_fm_config_and_saved_model(saved_model_roundtrip):
     fm = FM.from_config(FM(reduce_sum=False).get_config())
     assert fm.reduce_sum is False
-    out = saved_model_roundtrip(fm, V, tf.TensorSpec([None, 3, 2], tf.float32), tmp_path)
+    out = saved_model_roundtrip(fm, V)
     np.testing.assert_allclose(out.numpy(), [[23.0, 44.0]])
 
 
@@ -89,15 +79,12 @@ def test_mlp_empty_units_is_identity_and_rejects_bad_sizes():
         MLP((4, 0))
 
 
-def test_mlp_config_and_saved_model(tmp_path):
+def test_mlp_config_and_saved_model(config_roundtrip, saved_model_roundtrip):
     mlp = MLP((4, 2), dropout=0.1, batch_norm=True, l2=1e-3)
     x = tf.random.normal([5, 3], seed=0)
     y = mlp(x)
-    clone = MLP.from_config(mlp.get_config())
-    clone(x)
-    clone.set_weights(mlp.get_weights())
-    np.testing.assert_allclose(clone(x).numpy(), y.numpy(), rtol=1e-6)
-    out = saved_model_roundtrip(mlp, x, tf.TensorSpec([None, 3], tf.float32), tmp_path)
+    config_roundtrip(mlp, x)
+    out = saved_model_roundtrip(mlp, x)
     np.testing.assert_allclose(out.numpy(), y.numpy(), rtol=1e-5, atol=1e-6)
 
 
@@ -123,15 +110,12 @@ def test_linear_golden():
     np.testing.assert_allclose(lin(BATCH).numpy()[:, 0], expected, rtol=1e-6)
 
 
-def test_linear_config_and_saved_model(tmp_path):
+def test_linear_config_and_saved_model(config_roundtrip, saved_model_roundtrip):
     lin = _golden_linear()
     y = lin(BATCH)
-    clone = Linear.from_config(lin.get_config())
-    clone(BATCH)
-    clone.set_weights(lin.get_weights())
-    np.testing.assert_allclose(clone(BATCH).numpy(), y.numpy(), rtol=1e-6)
+    config_roundtrip(lin, BATCH)
     batch = {n: BATCH[n] for n in LINEAR_FEATURES}
-    out = saved_model_roundtrip(lin, batch, FS.input_signature(LINEAR_FEATURES), tmp_path)
+    out = saved_model_roundtrip(lin, batch, FS.input_signature(LINEAR_FEATURES))
     np.testing.assert_allclose(out.numpy(), y.numpy(), rtol=1e-6)
 
 
