@@ -120,7 +120,7 @@ def encoded_dataset(model, feature_set, frame, batch_size=256, label=None, shuff
     """Like :func:`make_dataset`, but yields ``model.encode_inputs`` of the rows: the lookups
     run once over the whole frame (in chunks) before training, or in the tf.data pipeline for
     a lazily read split, so training steps hold no string/hash lookups."""
-    encode = tf.function(model.encode_inputs, reduce_retracing=True)
+    encode = _cached_fn(_ENCODE_FNS, model, lambda m, x: m.encode_inputs(x))
     if _is_split(frame):
         data = frame.tf_dataset(model.features, batch_size=batch_size,
                                 label=label is not None, shuffle=shuffle, seed=seed)
@@ -161,20 +161,27 @@ class ValidationMetrics(keras.callbacks.Callback):
             logs["val_loss"] = M.logloss(self.labels, p)
 
 
-_PREDICT_FNS = weakref.WeakKeyDictionary()
+_PREDICT_FNS, _ENCODE_FNS = weakref.WeakKeyDictionary(), weakref.WeakKeyDictionary()
+
+
+def _cached_fn(cache, model, body):
+    """One ``tf.function`` of ``body(model, x)`` per model, reused across calls (a new one
+    per call would retrace every time); the cache does not keep the model alive."""
+    fn = cache.get(model)
+    if fn is None:
+        ref = weakref.ref(model)
+
+        def step(x):
+            return body(ref(), x)
+
+        fn = cache[model] = tf.function(step, reduce_retracing=True)
+    return fn
 
 
 def predict_batches(model, data):
     """Probabilities of a model over a batched dataset of features (numpy ``[n]``), through
     one compiled function per model (reused across calls)."""
-    fn = _PREDICT_FNS.get(model)
-    if fn is None:
-        ref = weakref.ref(model)       # the cache must not keep the model alive
-
-        def predict_step(x):
-            return ref()(x, training=False)
-
-        fn = _PREDICT_FNS[model] = tf.function(predict_step, reduce_retracing=True)
+    fn = _cached_fn(_PREDICT_FNS, model, lambda m, x: m(x, training=False))
     out = [fn(b[0] if isinstance(b, tuple) else b).numpy().reshape(-1) for b in data]
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 

@@ -164,8 +164,8 @@ class WideDeep(RankingModel, keras.experimental.WideDeepModel):
 
     # -- the wide part's inputs -------------------------------------------------------------
     def _wide_layout(self):
-        """(wide single-valued categoricals, their columns in the encoded ``#cat``, offsets of
-        their one-hot blocks, offsets of the crosses' blocks, total width)."""
+        """(wide single-valued categoricals, their columns in the encoded ``CAT_KEY`` block,
+        offsets of their one-hot blocks, offsets of the crosses' blocks, total width)."""
         emb = self.dnn_model.embedding
         singles = tuple(n for n in self.wide_features
                         if isinstance(self.feature_set[n], Categorical))
@@ -247,6 +247,11 @@ class WideDeep(RankingModel, keras.experimental.WideDeepModel):
         # WideDeepModel.call: linear_model(wide inputs) + dnn_model(raw inputs)
         return keras.experimental.WideDeepModel.call(
             self, [self.linear_inputs(inputs), inputs], training=training)
+
+    def wide_logit(self, inputs):
+        """The wide part's share of the logit, ``[batch]``: ``w^T [x, phi(x)] + b`` on raw (or
+        encoded) inputs; ``logit(x) = wide_logit(x) + the deep part's logit``."""
+        return tf.reshape(self.linear_model(self.linear_inputs(inputs)), [-1])
 
     def default_optimizer(self, learning_rate=1e-3, deep_optimizer=None):
         """``[FTRL for the wide part, Adam(learning_rate) for the deep part]``: pass as

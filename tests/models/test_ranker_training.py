@@ -153,6 +153,11 @@ def test_wide_part_packs_the_per_feature_inputs():
     total = total + tf.sparse.to_dense(per_feature["history"]).numpy() @ kernel["history"]
     total = total + per_feature["price"].numpy()[:, 0] * kernel["numeric"][0]
     np.testing.assert_allclose(got, total, rtol=1e-5, atol=1e-5)
+    # the public split: logit = wide_logit + the deep part's logit
+    np.testing.assert_allclose(model.wide_logit(BATCH).numpy(), total, rtol=1e-5, atol=1e-5)
+    deep = model.dnn_model(BATCH).numpy().reshape(-1)
+    np.testing.assert_allclose(model.logit(BATCH).numpy().reshape(-1), total + deep,
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_xdeepfm_cin_features():
