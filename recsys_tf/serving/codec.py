@@ -203,15 +203,19 @@ def to_tensor_proto(array, dtype=None, out=None) -> tensor_pb2.TensorProto:
 
 
 def _put_strings(field, arr: np.ndarray) -> None:
-    """``string_val`` from a bytes/str/object array. All-``bytes`` values (the usual request)
-    go in with one ``extend`` of the plain list; anything else is converted element-wise."""
+    """``string_val`` from a bytes/str/object array: one ``extend`` of the plain list when the
+    values are all ``bytes`` (the usual request), one ``str.encode`` each when they are all
+    ``str``, and :func:`_to_bytes` element by element otherwise (mixed or bad values)."""
     values = arr.reshape(-1).tolist()
-    if arr.dtype.kind == "U":
-        field.extend([v.encode("utf-8") for v in values])
-        return
+    if arr.dtype.kind != "U":
+        try:
+            field.extend(values)       # bytes only: no per-element Python work
+            return
+        except TypeError:              # str (or a bad element) among them
+            del field[:]
     try:
-        field.extend(values)           # bytes only: no per-element Python work
-    except TypeError:                  # str (or a bad element) among them
+        field.extend([v.encode("utf-8") for v in values])
+    except AttributeError:             # not all str
         del field[:]
         field.extend([_to_bytes(v) for v in values])
 
