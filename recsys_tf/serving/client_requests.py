@@ -102,7 +102,9 @@ def _padded(model, name, values, rows, width, dtype):
     lens = [len(v) for v in values if _is_sequence(v)]
     if width is None or width < 0:
         width = max(lens + [1])
-    out = np.empty((rows, width), dtype=object) if is_str else np.zeros((rows, width), dtype)
+    shared = len(values) == 1 and rows != 1     # one value for every row: convert it once
+    n = 1 if shared else rows
+    out = np.empty((n, width), dtype=object) if is_str else np.zeros((n, width), dtype)
     if is_str:
         out[:] = pad
 
@@ -114,15 +116,15 @@ def _padded(model, name, values, rows, width, dtype):
         v = list(v)[-width:]
         return [_to_bytes(x) for x in v] if is_str else v
 
-    if len(values) == 1 and rows != 1:  # one value for every row: convert it once
+    if shared:      # a read-only view repeating the row: the codec sends it packed
         r = row(values[0])
         if r:
             try:
-                out[:, :len(r)] = np.asarray(r, dtype=object if is_str else dtype)
+                out[0, :len(r)] = np.asarray(r, dtype=object if is_str else dtype)
             except (TypeError, ValueError) as e:
                 raise RequestError(model, name, f"cannot convert {r[:3]!r} to {dtype} ({e})") \
                     from None
-        return out
+        return np.broadcast_to(out, (rows, width))
     for i, v in enumerate(values):
         r = row(v)
         if r:
@@ -154,8 +156,8 @@ def _input(model, name, spec, values, rows, broadcast):
             if _is_sequence(v):
                 raise RequestError(model, name, f"expects one value per row, got the sequence "
                                    f"{v!r:.60}")
-            if dtype == "string":
-                return np.full(rows, _to_bytes(v), dtype=object)
+            if dtype == "string":   # a read-only view repeating the value (sent packed)
+                return np.broadcast_to(np.array([_to_bytes(v)], dtype=object), (rows,))
             return np.full(rows, _numeric(model, name, [v], dtype)[0], dtype=dtype)
         if len(values) != rows:
             raise RequestError(model, name, f"has {len(values)} values for {rows} rows")

@@ -8,11 +8,17 @@ Encoding (``to_tensor_proto``):
 * numeric arrays (floats, signed/unsigned ints, complex) go into the packed
   ``tensor_content`` bytes, little-endian, C order -- what TF Serving itself returns;
 * bool arrays go into ``bool_val`` (as ``tf.make_tensor_proto`` does);
-* strings go into ``string_val``; ``str`` elements are encoded as UTF-8.
+* strings go into ``string_val``; ``str`` elements are encoded as UTF-8;
+* a string array whose rows are one row repeated -- a ``np.broadcast_to`` view, stride 0 on
+  the first axis, as the client builds a user's features repeated for every candidate --
+  goes into ``tensor_content`` in TensorFlow's packed string layout (every element's length
+  as a varint, then all the bytes), built from the one row in a few byte copies. TensorFlow
+  (``Tensor::FromProto``, so TF Serving and ``tf.io.parse_tensor``) reads that layout;
+  ``tf.make_ndarray`` does not.
 
-Decoding (``to_ndarray``) reads ``tensor_content`` when present and otherwise the typed
-repeated fields (``float_val``, ``int64_val``, ``string_val``, ...), which is what many
-clients send. As with ``tf.make_ndarray``, a repeated field shorter than the shape is
+Decoding (``to_ndarray``) reads ``tensor_content`` when present (for strings, the packed
+layout) and otherwise the typed repeated fields (``float_val``, ``int64_val``, ``string_val``,
+...), which is what many clients send. As with ``tf.make_ndarray``, a repeated field shorter than the shape is
 padded with its last value, so a single value fills the whole tensor.
 """
 from __future__ import annotations
@@ -23,7 +29,7 @@ import numpy as np
 from tensorflow.core.framework import tensor_pb2, types_pb2
 
 __all__ = ["to_tensor_proto", "to_ndarray", "dtype_name", "numpy_dtype", "dtype_enum",
-           "value_field"]
+           "value_field", "unpack_strings", "check_packed_strings"]
 
 _DT = types_pb2
 
@@ -187,7 +193,10 @@ def to_tensor_proto(array, dtype=None, out=None) -> tensor_pb2.TensorProto:
 
     if target == _DT.DT_STRING or arr.dtype.kind in "OSU":
         proto.dtype = _DT.DT_STRING
-        _put_strings(proto.string_val, arr)
+        if arr.ndim and arr.shape[0] > 1 and arr.strides[0] == 0:     # one row, repeated
+            proto.tensor_content = _packed_repeat(arr[:1], arr.shape[0])
+        else:
+            _put_strings(proto.string_val, arr)
         return proto
 
     enum = dtype_enum(arr.dtype) if target is None else target
@@ -220,6 +229,65 @@ def _put_strings(field, arr: np.ndarray) -> None:
         field.extend([_to_bytes(v) for v in values])
 
 
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _packed_repeat(row: np.ndarray, times: int) -> bytes:
+    """TensorFlow's packed string ``tensor_content`` of ``row`` repeated ``times`` times."""
+    field = tensor_pb2.TensorProto().string_val
+    _put_strings(field, row)
+    values = list(field)
+    lengths = b"".join(_varint(len(v)) for v in values)
+    return lengths * times + b"".join(values) * times
+
+
+def _packed_lengths(content: bytes, n: int):
+    """(the ``n`` lengths a packed string ``tensor_content`` lists, where its bytes start);
+    ValueError when ``content`` does not hold exactly those strings."""
+    head = np.frombuffer(content[:n], dtype=np.uint8)
+    if len(head) == n and (head < 0x80).all():          # every length below 128: one byte each
+        lengths, pos, total = head, n, int(head.sum(dtype=np.int64))
+    else:
+        lengths, pos = [], 0
+        for _ in range(n):
+            value = shift = 0
+            while True:
+                if pos >= len(content) or shift > 28:
+                    raise ValueError("packed string tensor_content: truncated or bad varint")
+                byte = content[pos]
+                pos += 1
+                value |= (byte & 0x7F) << shift
+                shift += 7
+                if byte < 0x80:
+                    break
+            lengths.append(value)
+        total = sum(lengths)
+    if pos + total != len(content):
+        raise ValueError(f"packed string tensor_content holds {len(content)} bytes, but "
+                         f"{n} strings of the lengths it lists need {pos + total}")
+    return lengths, pos
+
+
+def check_packed_strings(content: bytes, n: int) -> None:
+    """ValueError unless ``content`` is a packed string ``tensor_content`` of ``n`` strings."""
+    _packed_lengths(content, n)
+
+
+def unpack_strings(content: bytes, n: int) -> list:
+    """The ``n`` byte strings of a packed string ``tensor_content`` (varint lengths, then the
+    bytes); ValueError when ``content`` is not exactly that."""
+    lengths, pos = _packed_lengths(content, n)
+    ends = np.cumsum(lengths, dtype=np.int64) + pos
+    starts = ends - np.asarray(lengths, dtype=np.int64)
+    return [content[a:b] for a, b in zip(starts.tolist(), ends.tolist())]
+
+
 def to_ndarray(proto: tensor_pb2.TensorProto, decode_strings: bool = False) -> np.ndarray:
     """Decode a ``TensorProto`` into a numpy array.
 
@@ -235,7 +303,8 @@ def to_ndarray(proto: tensor_pb2.TensorProto, decode_strings: bool = False) -> n
     enum = int(proto.dtype)
 
     if enum == _DT.DT_STRING:
-        values = list(proto.string_val)
+        values = (unpack_strings(proto.tensor_content, n) if proto.tensor_content
+                  else list(proto.string_val))
         if decode_strings:
             values = [v.decode("utf-8") for v in values]
         out = np.empty(n, dtype=object)

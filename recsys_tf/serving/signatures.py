@@ -305,10 +305,12 @@ class SignatureRunner:
                           f"elements, more than this server accepts ({self.max_message_bytes})")
         is_string = proto.dtype == codec.dtype_enum("string")
         try:
-            if proto.tensor_content:
-                if is_string:
-                    raise invalid(f"tensor parsing error: {key}: string tensors are sent in "
-                                  "string_val, not tensor_content")
+            if proto.tensor_content and is_string:       # TensorFlow's packed layout
+                try:
+                    codec.check_packed_strings(proto.tensor_content, n)
+                except ValueError as exc:
+                    raise invalid(f"tensor parsing error: {key}: {exc}") from None
+            elif proto.tensor_content:
                 need = n * codec.numpy_dtype(proto.dtype).itemsize
                 if len(proto.tensor_content) != need:
                     raise invalid(

@@ -95,6 +95,28 @@ def test_string_fast_path_and_fallback_give_the_same_proto():
         codec.to_tensor_proto(np.array([b"a", 3], dtype=object))
 
 
+def test_repeated_rows_go_packed_and_tensorflow_reads_them():
+    row = np.array([[b"1001", b"", b"x" * 300, "h\u00e9llo"]], dtype=object)   # 300: 2-byte varint
+    view = np.broadcast_to(row, (3, 4))                     # stride 0: one row repeated
+    proto = codec.to_tensor_proto(view)
+    assert proto.tensor_content and not proto.string_val
+    expected = [[b"1001", b"", b"x" * 300, "h\u00e9llo".encode()]] * 3
+    assert tf.io.parse_tensor(proto.SerializeToString(), tf.string).numpy().tolist() == expected
+    assert codec.to_ndarray(proto).tolist() == expected
+    column = codec.to_tensor_proto(np.broadcast_to(np.array([b"u1"], dtype=object), (5,)))
+    assert codec.to_ndarray(column).tolist() == [b"u1"] * 5
+    # an ordinary array (even with equal rows) still uses string_val
+    assert codec.to_tensor_proto(np.array(expected, dtype=object)).string_val
+
+
+def test_bad_packed_strings_are_refused():
+    with pytest.raises(ValueError, match="need"):
+        codec.check_packed_strings(b"\x07garbage", 3)
+    with pytest.raises(ValueError, match="varint"):
+        codec.unpack_strings(b"\x81", 1)
+    assert codec.unpack_strings(b"\x02\x00ab", 2) == [b"ab", b""]
+
+
 def test_fills_a_given_proto_in_place():
     from tensorflow_serving.apis import predict_pb2
     request = predict_pb2.PredictRequest()

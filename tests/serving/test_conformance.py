@@ -381,6 +381,26 @@ def test_repeated_field_tensors_are_accepted(stubs):
     assert code == OK, details
 
 
+def test_packed_string_tensor_content_is_accepted(stubs):
+    """TensorFlow's packed string layout in tensor_content (what the client sends for a value
+    repeated on every row) answers as the same strings in string_val do."""
+    from recsys_tf.serving import codec
+
+    plain = predict_request(inputs=dict(_good_arrays(), user_id=np.array(["u1"] * 3, object)))
+    packed = predict_request(inputs=dict(_good_arrays()))
+    packed.inputs["user_id"].Clear()
+    codec.to_tensor_proto(np.broadcast_to(np.array(["u1"], object), (3,)),
+                          out=packed.inputs["user_id"])
+    assert packed.inputs["user_id"].tensor_content and not packed.inputs["user_id"].string_val
+    answers = []
+    for request in (plain, packed):
+        code, details, response = _call(stubs[0].Predict, request)
+        assert code == OK, details
+        answers.append({k: _to_array(v) for k, v in response.outputs.items()})
+    for k in answers[0]:
+        np.testing.assert_array_equal(answers[0][k], answers[1][k])
+
+
 # --------------------------------------------------------------------------- status codes
 def test_status_codes(stubs):
     from tensorflow_serving.apis import (
