@@ -468,35 +468,40 @@ def mmr(scores, k, diversity=0.0, embeddings=None, categories=None, cap=None,
             f"diversity={diversity} needs embeddings= or categories= to measure similarity"
         )
 
-    rel = _minmax(s)
-    max_sim = np.full(n, -np.inf)  # max similarity to the chosen items so far
-    blocked = np.zeros(n, dtype=bool)  # chosen, or its category is full
-    counts = None if cap_codes is None else np.zeros(len(limits), dtype=np.int64)
-    if counts is not None:
-        blocked |= limits[cap_codes] <= 0
+    # Work in the order of descending score (ties: lower index first), so that the first
+    # maximum of the objective is the tie-break the docstring promises: higher score, then
+    # lower index. ``base`` is the relevance term, -inf once an item is chosen or capped out.
+    perm = _stable_desc(s)
+    base = (1.0 - diversity) * _minmax(s)[perm]
+    vectors = None if sim_vectors is None else sim_vectors[perm]
+    codes = None if sim_codes is None else sim_codes[perm]
+    caps = None if cap_codes is None else cap_codes[perm]
+    counts = None if caps is None else np.zeros(len(limits), dtype=np.int64)
+    if caps is not None:
+        base[limits[caps] <= 0] = -np.inf
+    max_sim = obj = None
     picks = []
     for step in range(k):
-        penalty = max_sim if step else 0.0  # the max over an empty set is 0
-        obj = (1.0 - diversity) * rel - diversity * penalty
-        obj[blocked] = -np.inf
-        best = obj.max()
-        if best == -np.inf:  # nothing left that the caps allow
+        if step:
+            obj = np.subtract(base, diversity * max_sim, out=obj)
+        else:                                      # the max over an empty set is 0
+            obj = base.copy()
+        pick = int(np.argmax(obj))
+        if obj[pick] == -np.inf:                   # nothing left that the caps allow
             break
-        tied = np.flatnonzero(obj == best)
-        pick = tied[np.argmax(rel[tied])] if len(tied) > 1 else tied[0]
         picks.append(pick)
-        blocked[pick] = True
+        base[pick] = -np.inf
         if counts is not None:
-            c = cap_codes[pick]
+            c = caps[pick]
             counts[c] += 1
             if counts[c] >= limits[c]:
-                blocked |= cap_codes == c
-        if sim_vectors is not None:
-            sim = sim_vectors @ sim_vectors[pick]
+                base[caps == c] = -np.inf
+        if vectors is not None:
+            sim = vectors @ vectors[pick]
         else:
-            sim = (sim_codes == sim_codes[pick]).astype(np.float64)
-        np.maximum(max_sim, sim, out=max_sim)
-    return np.asarray(picks, dtype=np.int64)
+            sim = (codes == codes[pick]).astype(np.float64)
+        max_sim = sim if max_sim is None else np.maximum(max_sim, sim, out=max_sim)
+    return perm[np.asarray(picks, dtype=np.int64)].astype(np.int64)
 
 
 def redundancy(order, embeddings=None, categories=None):
