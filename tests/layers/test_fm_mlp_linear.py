@@ -148,6 +148,34 @@ def test_embedding_several_oov_buckets_and_sequence_mean():
     assert out["c"].shape == (1, 4)
 
 
+def test_fused_mean_pooling_matches_the_per_position_path():
+    """The fused layer pools a sequence through its distinct ids (one sparse product); the
+    values, the L2 penalty and the gradient equal those of masked_mean over every position."""
+    from recsys_tf.layers.embedding import masked_mean
+
+    fs = FeatureSet([Categorical("item", vocabulary=[10, 20, 30], dtype="int64", dim=3),
+                     Sequence("hist", of="item", max_len=4)])
+    hist = tf.constant([[10, 30, 10, 0], [0, 0, 0, 0], [99, 20, 20, 30]], tf.int64)
+    emb = FeatureEmbedding(fs, ["hist"], dim=3, sequence="mean", fused=True,
+                           embeddings_l2=0.1)
+    emb({"hist": hist})
+    table = emb.fused_tables["3d"]
+    table.assign(np.random.default_rng(0).normal(size=table.shape).astype(np.float32))
+    with tf.GradientTape(persistent=True) as tape:
+        got = emb({"hist": hist})["hist"]
+        loss = tf.reduce_sum(got * tf.constant([[1.0, 2.0, 3.0]])) + tf.add_n(emb.losses)
+        e = tf.gather(table, emb.ids({"hist": hist}, "hist") + emb._offset["item"])
+        want = masked_mean(e, emb.mask({"hist": hist}, "hist"))
+        penalty = 0.1 * tf.reduce_sum(tf.square(e)) / 3.0
+        ref = tf.reduce_sum(want * tf.constant([[1.0, 2.0, 3.0]])) + penalty
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got.numpy()[1], 0.0)                       # empty history
+    np.testing.assert_allclose(float(tf.add_n(emb.losses)), float(penalty), rtol=1e-5)
+    g_got = tf.convert_to_tensor(tape.gradient(loss, table))
+    g_ref = tf.convert_to_tensor(tape.gradient(ref, table))
+    np.testing.assert_allclose(g_got.numpy(), g_ref.numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_embedding_l2_penalty():
     emb = FeatureEmbedding(FS, ["color"], dim=2, embeddings_l2=0.5)
     emb({"color": tf.constant(["red", "red"])})
