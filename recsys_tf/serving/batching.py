@@ -195,16 +195,22 @@ class ArrayExecutor(BatchExecutor):
             if target > total:
                 array = _concat([array, _repeat_first(array, target - total)])
             merged[name] = array
-        outputs = self.run(merged)
-        for name, value in outputs.items():
-            if value.ndim == 0 or value.shape[0] != target:
-                raise ValueError(f"output {name!r} has no batch dimension of size {target}; "
-                                 "running the requests one by one")
-        results, start = [], 0
-        for size in sizes:
-            results.append({name: value[start:start + size] for name, value in outputs.items()})
-            start += size
-        return results
+        return split_outputs(self.run(merged), sizes, target)
+
+
+def split_outputs(outputs: Arrays, sizes: List[int], rows: int) -> List[Arrays]:
+    """Each request's rows of every output of a batch run over ``rows`` rows (the requests'
+    ``sizes`` in order, then any padding); ValueError when an output has no such batch
+    dimension (the caller then runs the requests one by one)."""
+    for name, value in outputs.items():
+        if value.ndim == 0 or value.shape[0] != rows:
+            raise ValueError(f"output {name!r} has no batch dimension of size {rows}; "
+                             "running the requests one by one")
+    results, start = [], 0
+    for size in sizes:
+        results.append({name: value[start:start + size] for name, value in outputs.items()})
+        start += size
+    return results
 
 
 def batch_size_of(inputs: Arrays) -> Optional[int]:

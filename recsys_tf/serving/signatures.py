@@ -18,7 +18,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 
 from recsys_tf.serving import codec
-from recsys_tf.serving.batching import BatchExecutor
+from recsys_tf.serving.batching import BatchExecutor, split_outputs
 from recsys_tf.serving.errors import CODE_BY_VALUE, ServingError, invalid
 from recsys_tf.serving.servable import DEFAULT_SIGNATURE, _Version
 
@@ -116,16 +116,7 @@ class _ProtoBatch(BatchExecutor):
         return self._run([payload], 0)
 
     def execute(self, payloads, sizes, target):
-        outputs = self._run(payloads, target)
-        for name, value in outputs.items():
-            if value.ndim == 0 or value.shape[0] != max(target, sum(sizes)):
-                raise ValueError(f"output {name!r} has no batch dimension; running the "
-                                 "requests one by one")
-        results, start = [], 0
-        for size in sizes:
-            results.append({name: value[start:start + size] for name, value in outputs.items()})
-            start += size
-        return results
+        return split_outputs(self._run(payloads, target), sizes, max(target, sum(sizes)))
 
 
 def _proto_batch_size(protos) -> Optional[int]:
