@@ -18,8 +18,8 @@ Encoding (``to_tensor_proto``):
 
 Decoding (``to_ndarray``) reads ``tensor_content`` when present (for strings, the packed
 layout) and otherwise the typed repeated fields (``float_val``, ``int64_val``, ``string_val``,
-...), which is what many clients send. As with ``tf.make_ndarray``, a repeated field shorter than the shape is
-padded with its last value, so a single value fills the whole tensor.
+...), which is what many clients send. As with ``tf.make_ndarray``, a repeated field shorter
+than the shape is padded with its last value, so a single value fills the whole tensor.
 """
 from __future__ import annotations
 
