@@ -344,9 +344,15 @@ class Recommender(_ServedModels):
         state = state or _Call(self.debug)
         items = dict(hydrated)
         items[self.item_key] = ids
+        wire = getattr(self.items, "wire", None)   # string columns already encoded, if kept
 
         def build(sig):
-            return self._build(self.ranker, sig, user, len(ids), items=items)
+            columns = items
+            if wire is not None:                    # used for the string inputs only
+                columns = dict(items)
+                columns.update((n, v) for n, v in wire(ids).items()
+                               if n in sig["inputs"] and sig["inputs"][n]["dtype"] == "string")
+            return self._build(self.ranker, sig, user, len(ids), items=columns)
 
         out, sig, missing, build_ms = self._predict(
             "ranker", self.ranker_client, self.ranker, build, deadline, state,

@@ -67,7 +67,8 @@ def _string_column(model, name, values):
         np.asarray(values, dtype=object)
     if arr.ndim != 1:
         raise RequestError(model, name, f"expects one value per row, got shape {arr.shape}")
-    if set(map(type, arr.tolist())) <= {str}:
+    types = set(map(type, arr.tolist()))
+    if types <= {str} or types <= {bytes}:
         return arr
     return np.array([_to_bytes(v) for v in arr], dtype=object)
 

@@ -173,13 +173,12 @@ def rerank_stage(ids, r_scores, p_scores, hydrated, retrieved, k, diversity, ble
     # ordering: exploration, MMR diversity, per-category caps
     keys = rerank.perturb(final, explore, seed) if explore else final
     cats = hydrated.get(category) if category else None
-    cats_h = None if cats is None else _hashable(cats)
     vecs = None
     if diversity and diversity_by != "category":
         vecs = items.vectors(ids)
         if vecs is None and diversity_by == "embeddings":
             raise ValueError("diversity_by='embeddings' but the item store has no vectors")
-    sim_cats = cats_h if vecs is None else None
+    sim_cats = _hashable(cats) if vecs is None and cats is not None and diversity else None
     if diversity and vecs is None and sim_cats is None:
         raise ValueError("diversity needs item embeddings or a category column")
     cap, cap_cats = rules.category_cap, None
@@ -193,8 +192,14 @@ def rerank_stage(ids, r_scores, p_scores, hydrated, retrieved, k, diversity, ble
     penalty = (diversity * rerank.redundancy(order, embeddings=vecs, categories=sim_cats)
                if diversity and len(order) else None)
 
+    # 1 + the candidates scored higher (ties: those listed before), for the picks at once
+    picked = final[order]
+    relevance_rank = (1 + np.count_nonzero(final[None, :] > picked[:, None], axis=1)
+                      + np.count_nonzero((final[None, :] == picked[:, None])
+                                         & (np.arange(len(final))[None, :] < order[:, None]),
+                                         axis=1)).tolist()
     out = []
-    for pos, i in enumerate(order):
+    for pos, i in enumerate(order.tolist()):
         why = {}
         if retrieved:
             why["retrieval_rank"] = int(i) + 1
@@ -212,9 +217,7 @@ def rerank_stage(ids, r_scores, p_scores, hydrated, retrieved, k, diversity, ble
                 why.setdefault("boosts", {})[name] = float(delta[i])
         if fresh is not None and fresh[i] != 0:
             why["freshness_boost"] = float(fresh[i])
-        # 1 + the candidates scored higher (ties: those listed before)
-        why["relevance_rank"] = int(1 + np.count_nonzero(final > final[i])
-                                    + np.count_nonzero(final[:i] == final[i]))
+        why["relevance_rank"] = relevance_rank[pos]
         if explore:
             why["explored"] = True
             why["sampling_key"] = float(keys[i])

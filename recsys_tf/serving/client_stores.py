@@ -89,6 +89,14 @@ class InMemoryItemStore(ItemStore):
         self.columns = columns
         self._data = {c: _as_column([r.get(c) for r in rows]) for c in columns}
         self.rows = {r[key]: r for r in rows}
+        # the string columns (and str ids) as the UTF-8 bytes a request carries, encoded once
+        wire = {c: col for c, col in self._data.items() if col.dtype == object
+                and all(v is None or isinstance(v, str) for v in col)
+                and any(isinstance(v, str) for v in col)}
+        if self.ids and all(isinstance(i, str) for i in self.ids):
+            wire[key] = np.array(self.ids + [None], dtype=object)
+        self._wire = {c: np.array([b"" if v is None else v.encode() for v in col], dtype=object)
+                      for c, col in wire.items()}
         self.embeddings = None
         if embeddings is not None:
             emb = np.asarray(embeddings, dtype=np.float32)
@@ -141,6 +149,12 @@ class InMemoryItemStore(ItemStore):
     def get(self, item_ids):
         idx = self.positions(item_ids)
         return {c: col[idx] for c, col in self._data.items()}
+
+    def wire(self, item_ids):
+        """The string columns of :meth:`get`, and the ids under the key, as the bytes a
+        request sends (None and unknown ids: ``b""``), encoded when the table was loaded."""
+        idx = self.positions(item_ids)
+        return {c: col[idx] for c, col in self._wire.items()}
 
     def vectors(self, item_ids):
         if self.embeddings is None:

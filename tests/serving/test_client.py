@@ -408,7 +408,12 @@ def test_in_memory_item_store_unknown_ids_and_popularity():
     assert store.popular(2) == ["b", "c"] and store.popular(5, exclude={"c"}) == ["b", "a"]
     assert store.normalise_many(np.array([b"a", b"c"], dtype=object)) == ["a", "c"]
     assert store.size == 3
+    # what a request sends: the string columns and the ids as bytes, "" when unknown or None
+    wire = store.wire(["c", "zz", "a"])
+    assert sorted(wire) == ["cat", "id"]                     # no numeric columns
+    assert wire["cat"].tolist() == [b"x", b"", b"x"] and wire["id"].tolist() == [b"c", b"", b"a"]
     ints = InMemoryItemStore([{"id": 7}, {"id": 9}], "id")
+    assert ints.wire([7]) == {}
     assert ints.normalise_many(np.array([9, 7])) == [9, 7]
     assert ints.normalise(b"7") == 7
     with pytest.raises(ValueError, match="duplicate"):
