@@ -187,10 +187,10 @@ def rerank_stage(ids, r_scores, p_scores, hydrated, retrieved, k, diversity, ble
         if column is None or column not in hydrated:
             raise KeyError(f"category_cap: the item table has no column {column!r}")
         cap_cats = _hashable(hydrated[column])
-    order = rerank.mmr(keys, k, diversity=diversity, embeddings=vecs, categories=sim_cats,
-                       cap=cap, cap_categories=cap_cats)
-    penalty = (diversity * rerank.redundancy(order, embeddings=vecs, categories=sim_cats)
-               if diversity and len(order) else None)
+    order, redundant = rerank.mmr(keys, k, diversity=diversity, embeddings=vecs,
+                                  categories=sim_cats, cap=cap, cap_categories=cap_cats,
+                                  return_redundancy=True)
+    penalty = diversity * redundant if diversity and len(order) else None
 
     # 1 + the candidates scored higher (ties: those listed before), for the picks at once
     picked = final[order]

@@ -374,7 +374,7 @@ def category_cap(order, categories, cap, default=None):
 
 
 def mmr(scores, k, diversity=0.0, embeddings=None, categories=None, cap=None,
-        cap_categories=None, cap_default=None):
+        cap_categories=None, cap_default=None, return_redundancy=False):
     """Maximal Marginal Relevance: pick ``k`` relevant but mutually dissimilar items.
 
     Greedy: at each step pick, among the items not yet chosen,
@@ -407,9 +407,13 @@ def mmr(scores, k, diversity=0.0, embeddings=None, categories=None, cap=None,
         :func:`category_cap`).
       cap_categories: the ``n`` categories the cap counts (default ``categories``).
       cap_default: with a mapping ``cap``, the cap of unlisted categories (None = uncapped).
+      return_redundancy: also return each pick's :func:`redundancy` (its largest similarity
+        to the items picked before it), taken from the greedy's own running maximum; None
+        when ``diversity`` is 0.
 
     Returns:
-      1-D int64 array of at most ``k`` candidate indices, in pick order.
+      1-D int64 array of at most ``k`` candidate indices, in pick order (and, with
+      ``return_redundancy``, the float64 redundancies of those picks).
 
     Example:
       >>> mmr([0.9, 0.8, 0.3], k=2, diversity=0.5, categories=["a", "a", "b"]).tolist()
@@ -462,7 +466,10 @@ def mmr(scores, k, diversity=0.0, embeddings=None, categories=None, cap=None,
         if cap_codes is not None:
             order = category_cap(order, cap_categories if cap_categories is not None
                                  else categories, cap, cap_default)
-        return order[:k].astype(np.int64)
+        order = order[:k].astype(np.int64)
+        if return_redundancy:
+            return order, (None if diversity == 0 else np.zeros(0))
+        return order
     if sim_vectors is None and sim_codes is None:
         raise ValueError(
             f"diversity={diversity} needs embeddings= or categories= to measure similarity"
@@ -480,7 +487,7 @@ def mmr(scores, k, diversity=0.0, embeddings=None, categories=None, cap=None,
     if caps is not None:
         base[limits[caps] <= 0] = -np.inf
     max_sim = obj = None
-    picks = []
+    picks, redundant = [], []
     for step in range(k):
         if step:
             obj = np.subtract(base, diversity * max_sim, out=obj)
@@ -490,6 +497,7 @@ def mmr(scores, k, diversity=0.0, embeddings=None, categories=None, cap=None,
         if obj[pick] == -np.inf:                   # nothing left that the caps allow
             break
         picks.append(pick)
+        redundant.append(0.0 if max_sim is None else float(max_sim[pick]))
         base[pick] = -np.inf
         if counts is not None:
             c = caps[pick]
@@ -501,7 +509,10 @@ def mmr(scores, k, diversity=0.0, embeddings=None, categories=None, cap=None,
         else:
             sim = (codes == codes[pick]).astype(np.float64)
         max_sim = sim if max_sim is None else np.maximum(max_sim, sim, out=max_sim)
-    return perm[np.asarray(picks, dtype=np.int64)].astype(np.int64)
+    order = perm[np.asarray(picks, dtype=np.int64)].astype(np.int64)
+    if return_redundancy:
+        return order, np.asarray(redundant, dtype=np.float64)
+    return order
 
 
 def redundancy(order, embeddings=None, categories=None):

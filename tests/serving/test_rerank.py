@@ -316,6 +316,20 @@ def test_mmr_matches_naive_reference():
             assert got == naive_mmr(s, 12, div, en @ en.T)
 
 
+def test_mmr_redundancy_is_the_redundancy_of_its_picks():
+    rng = np.random.default_rng(6)
+    s, e = rng.normal(size=30), rng.normal(size=(30, 4))
+    cats = np.array(list("abcab") * 6, dtype=object)
+    for kwargs in (dict(embeddings=e), dict(categories=cats),
+                   dict(categories=cats, cap=2)):
+        order, red = mmr(s, 8, diversity=0.4, return_redundancy=True, **kwargs)
+        assert order.tolist() == mmr(s, 8, diversity=0.4, **kwargs).tolist()
+        want = redundancy(order, embeddings=kwargs.get("embeddings"),
+                          categories=None if "embeddings" in kwargs else cats)
+        np.testing.assert_allclose(red, want, atol=1e-12)
+    assert mmr(s, 3, return_redundancy=True)[1] is None          # no diversity, no similarity
+
+
 def test_mmr_k_edges():
     assert mmr([0.2, 0.9], 10, diversity=0.5, categories=[0, 1]).tolist() == [1, 0]
     assert mmr([0.2, 0.9], 0, diversity=0.5, categories=[0, 1]).tolist() == []
