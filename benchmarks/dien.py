@@ -13,11 +13,14 @@ What is measured:
   - ``din``: :class:`recsys_tf.models.din.DIN` (target attention over the history, no GRU);
   - ``deepfm``: :class:`recsys_tf.models.deepfm.DeepFM`, the history mean-pooled.
 
-  Every model sees the same split and the same features, 16-d embeddings, Keras' Adam at
-  3e-3 (for every model, also where the trainer's default would be LazyAdam), batch 256 and
+  Every model sees the same split and the same features, 16-d embeddings, Adam at 3e-3
+  (the trainer's ``"adam"``: Keras' Adam's updates, one fused kernel per variable; for every
+  model, also where the trainer's default would be LazyAdam), batch 256 and
   the same epoch budget (``--epochs``, default 3) through
   :func:`recsys_tf.training.train_ranker`, which stops early on the validation split
-  (patience 1) and keeps the best epoch's weights. ``synthetic`` has its own validation
+  (patience 1) and keeps the best epoch's weights, with its other defaults (DIEN's batches
+  hold rows of similar history length, as in the DIEN authors' iterator, and each is cut
+  after its longest history). ``synthetic`` has its own validation
   split (the last 10% of training time); for ``amazon-beauty`` each user's last training
   target (and its negative) is held out as validation, so the test split is untouched and
   every model picks its epoch the same way: the models peak at different epochs (DIN after
@@ -309,7 +312,12 @@ def throughput(ds, args, pairs, workdir):
                          "deepctr_negatives": "one uniform item per history step, drawn "
                                               "before the clock starts (DeepCTR takes them "
                                               "as inputs)",
-                         "recsys_tf_negatives": "drawn in the graph at every step (in-batch)"},
+                         "recsys_tf_negatives": "drawn in the graph at every step (in-batch)",
+                         "recsys_tf_batches": "rows of similar history length (sorted in "
+                                              "windows of 20 batches, batches shuffled), "
+                                              "each batch cut after its longest history: "
+                                              "train_ranker's default for DIEN",
+                         "deepctr_batches": "shuffled rows, every history padded to 20"},
             "recsys_tf": ours, "deepctr": theirs, "summary": summary}
 
 
@@ -473,9 +481,12 @@ def main(argv=None):
     results = {
         "benchmark": "dien", "quick": args.quick, "epochs": args.epochs, "seeds": seeds,
         "settings": {"embedding_dim": DIM, "batch_size": BATCH,
-                     "optimizer": f"Adam({LEARNING_RATE}) (keras, every model)",
+                     "optimizer": f"Adam({LEARNING_RATE}) (train_ranker's 'adam': Keras' "
+                                  "Adam's updates, fused; every model)",
                      "trainer": "train_ranker (its other defaults: DeepFM takes encoded "
-                                "inputs and 16 steps per execution; DIN/DIEN raw inputs, 1)",
+                                "inputs and 16 steps per execution; DIN/DIEN raw inputs, 1; "
+                                "DIEN's batches sorted by history length in windows of 20 "
+                                "batches, each cut after its longest history)",
                      "variants": {v: LABELS[v] for v in args.variants}},
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version(), "tensorflow": tf.__version__,

@@ -16,10 +16,44 @@ from recsys_tf import metrics as M
 from recsys_tf.backend import keras, tf
 
 
-class LazyAdam(keras.optimizers.Adam):
+class FusedAdam(keras.optimizers.Adam):
+    """Adam whose update of each variable is one fused kernel (``ResourceApplyAdam``).
+
+    ``m <- m + (1 - b1)(g - m)``, ``v <- v + (1 - b2)(g^2 - v)``,
+    ``w <- w - alpha m / (sqrt(v) + eps)`` with ``alpha = lr sqrt(1 - b2^t) / (1 - b1^t)``:
+    Keras' Adam's arithmetic, done in one pass over the variable instead of about ten
+    element-wise ops (each a pass over, e.g., a whole embedding table). A sparse gradient (a
+    ``tf.IndexedSlices`` from a lookup; Keras has summed the rows of repeated ids already) is
+    made dense first: every row's moments decay, as in Keras' Adam, so the updates are Keras'
+    Adam's (a test compares them). ``amsgrad`` falls back to Keras' Adam.
+    """
+
+    def __init__(self, learning_rate=1e-3, name="FusedAdam", **kwargs):
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+
+    def update_step(self, gradient, variable):
+        if self.amsgrad or not hasattr(variable, "handle"):
+            return super().update_step(gradient, variable)
+        dtype = variable.dtype
+        if isinstance(gradient, tf.IndexedSlices):
+            gradient = tf.convert_to_tensor(gradient)
+        step = tf.cast(self.iterations + 1, dtype)
+        b1, b2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
+        key = self._index_dict[self._var_key(variable)]
+        eps = tf.cast(self.epsilon, dtype)
+        if getattr(self, "adaptive_epsilon", False):
+            eps = eps * tf.sqrt(1 - tf.pow(b2, step))
+        tf.raw_ops.ResourceApplyAdam(
+            var=variable.handle, m=self._momentums[key].handle, v=self._velocities[key].handle,
+            beta1_power=tf.pow(b1, step), beta2_power=tf.pow(b2, step),
+            lr=tf.cast(self.learning_rate, dtype), beta1=b1, beta2=b2, epsilon=eps,
+            grad=tf.cast(gradient, dtype), use_locking=False)
+
+
+class LazyAdam(FusedAdam):
     """Adam whose update of an embedding table touches only the rows a batch looked up.
 
-    For a dense gradient it is exactly ``keras.optimizers.Adam``. For a sparse one (the
+    For a dense gradient it is exactly :class:`FusedAdam` (Keras' Adam). For a sparse one (the
     ``tf.IndexedSlices`` of a ``tf.gather`` from a table) only the looked-up rows get the
     Adam step - ``m_i <- b1 m_i + (1 - b1) g_i``, ``v_i <- b2 v_i + (1 - b2) g_i^2``,
     ``w_i <- w_i - alpha m_i / (sqrt(v_i) + eps)`` with the usual bias-corrected ``alpha`` -
@@ -60,13 +94,19 @@ def _is_split(frame):
     return hasattr(frame, "tf_dataset")
 
 
-def index_batches(n, batch_size, shuffle=False, seed=0):
+def index_batches(n, batch_size, shuffle=False, seed=0, lengths=None, window=20):
     """A dataset of ``[<= batch_size]`` int64 row indices covering ``range(n)`` once per pass.
 
     With ``shuffle`` every pass (every iterator: Keras makes one per epoch) draws a new
     permutation in one op - ``stateless_shuffle`` keyed by ``(seed, pass number)`` - and slices
     it into batches, so there is no per-row work in the pipeline (an element-wise
-    ``Dataset.shuffle`` + ``batch`` costs more than a CTR model's training step per row)."""
+    ``Dataset.shuffle`` + ``batch`` costs more than a CTR model's training step per row).
+
+    ``lengths`` (``[n]`` ints, with ``shuffle``): batches of rows of similar length. Each run of
+    ``window * batch_size`` permuted rows is sorted by length before it is cut into batches, and
+    the full batches are then shuffled, as the DIEN authors' data iterator does; a sequence
+    model that runs only a batch's real steps (DIEN's ``length_buckets``) then skips most of
+    the padding."""
     n, batch_size = int(n), int(batch_size)
     full = n // batch_size * batch_size
 
@@ -79,32 +119,54 @@ def index_batches(n, batch_size, shuffle=False, seed=0):
     if not shuffle:
         return split(tf.range(n, dtype=tf.int64))
     passes = tf.Variable(0, dtype=tf.int64, trainable=False, name="shuffle_passes")
+    if lengths is not None:
+        lengths = tf.constant(np.asarray(lengths, np.int64).reshape(-1))
+        if int(lengths.shape[0]) != n:
+            raise ValueError(f"lengths has {int(lengths.shape[0])} values for {n} rows")
 
     def permutation(_):
         key = tf.stack([tf.constant(int(seed), tf.int64), passes.assign_add(1)])
-        return tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), seed=key)
+        order = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), seed=key)
+        if lengths is None:
+            return order
+        run = tf.range(n, dtype=tf.int64) // (int(window) * batch_size)
+        sort_key = run * (tf.reduce_max(lengths) + 1) + tf.gather(lengths, order)
+        order = tf.gather(order, tf.argsort(sort_key, stable=True))
+        batches = tf.random.experimental.stateless_shuffle(
+            tf.reshape(order[:full], [-1, batch_size]), seed=key + [0, 1 << 40])
+        return tf.concat([tf.reshape(batches, [-1]), order[full:]], 0)
 
     batches = tf.data.Dataset.from_tensors(0).map(permutation).flat_map(split)
     # a known size: Keras runs several steps per call only on data of known length
     return batches.apply(tf.data.experimental.assert_cardinality(-(-n // batch_size)))
 
 
-def _batches(tensors, n, batch_size, shuffle, seed):
+def _batches(tensors, n, batch_size, shuffle, seed, lengths=None):
     """Batches of ``tensors`` (a structure of ``[n, ...]`` tensors) gathered by index."""
     def gather(i):
         return tf.nest.map_structure(lambda t: tf.gather(t, i), tensors)
 
-    return index_batches(n, batch_size, shuffle, seed).map(
+    return index_batches(n, batch_size, shuffle, seed, lengths).map(
         gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
+def sequence_lengths(feature_set, x, name):
+    """Per row, the extent of sequence ``name`` in the arrays ``x``: the position of its last
+    real (non-padding) value + 1, 0 for an empty one."""
+    real = np.asarray(x[name]) != feature_set.categorical_of(name).pad
+    steps = np.arange(1, real.shape[1] + 1)
+    return (real * steps).max(axis=1) if real.shape[1] else np.zeros(len(real), np.int64)
+
+
 def make_dataset(feature_set, frame, features, batch_size=256, label=None, shuffle=False,
-                 seed=0):
+                 seed=0, sort_by_length=None):
     """A batched ``tf.data.Dataset`` of ``(features dict[, label])`` from a DataFrame.
 
     The columns become in-memory tensors once; batches are gathered by (shuffled) index.
-    ``frame`` may also be a lazily read split with a ``tf_dataset`` method (the streaming
-    Criteo path), which parses its file with ``tf.data`` instead."""
+    ``sort_by_length``: the name of a sequence feature; with ``shuffle``, batches hold rows of
+    similar length of it (see :func:`index_batches`). ``frame`` may also be a lazily read split
+    with a ``tf_dataset`` method (the streaming Criteo path), which parses its file with
+    ``tf.data`` instead."""
     if _is_split(frame):
         return frame.tf_dataset(features, batch_size=batch_size, label=label is not None,
                                 shuffle=shuffle, seed=seed)
@@ -112,14 +174,21 @@ def make_dataset(feature_set, frame, features, batch_size=256, label=None, shuff
     tensors = {k: tf.constant(v) for k, v in x.items()}
     if label is not None:
         tensors = (tensors, tf.constant(frame[label].to_numpy(dtype=np.float32)))
-    return _batches(tensors, len(frame), batch_size, shuffle, seed).prefetch(tf.data.AUTOTUNE)
+    lengths = _lengths(feature_set, x, sort_by_length, shuffle)
+    return _batches(tensors, len(frame), batch_size, shuffle, seed,
+                    lengths).prefetch(tf.data.AUTOTUNE)
+
+
+def _lengths(feature_set, x, name, shuffle):
+    return sequence_lengths(feature_set, x, name) if name and shuffle else None
 
 
 def encoded_dataset(model, feature_set, frame, batch_size=256, label=None, shuffle=False,
-                    seed=0, chunk=1 << 16):
-    """Like :func:`make_dataset`, but yields ``model.encode_inputs`` of the rows: the lookups
-    run once over the whole frame (in chunks) before training, or in the tf.data pipeline for
-    a lazily read split, so training steps hold no string/hash lookups."""
+                    seed=0, chunk=1 << 16, sort_by_length=None):
+    """Like :func:`make_dataset` (the same ``sort_by_length``), but yields
+    ``model.encode_inputs`` of the rows: the lookups run once over the whole frame (in
+    chunks) before training, or in the tf.data pipeline for a lazily read split, so training
+    steps hold no string/hash lookups."""
     encode = _cached_fn(_ENCODE_FNS, model, lambda m, x: m.encode_inputs(x))
     if _is_split(frame):
         data = frame.tf_dataset(model.features, batch_size=batch_size,
@@ -137,7 +206,8 @@ def encoded_dataset(model, feature_set, frame, batch_size=256, label=None, shuff
     tensors = {k: tf.concat([p[k] for p in parts], axis=0) for k in parts[0]}
     if label is not None:
         tensors = (tensors, tf.constant(frame[label].to_numpy(dtype=np.float32)))
-    return _batches(tensors, n, batch_size, shuffle, seed).prefetch(tf.data.AUTOTUNE)
+    lengths = _lengths(feature_set, x, sort_by_length, shuffle)
+    return _batches(tensors, n, batch_size, shuffle, seed, lengths).prefetch(tf.data.AUTOTUNE)
 
 
 class ValidationMetrics(keras.callbacks.Callback):
@@ -200,12 +270,12 @@ def _n_rows(frame):
     return 0 if frame is None else len(frame)
 
 
-OPTIMIZERS = {"lazy_adam": LazyAdam, "adam": keras.optimizers.Adam}
+OPTIMIZERS = {"lazy_adam": LazyAdam, "adam": FusedAdam, "keras_adam": keras.optimizers.Adam}
 
 
 def ranker_optimizer(model, learning_rate=1e-3, optimizer="lazy_adam"):
-    """The optimizer :func:`train_ranker` compiles ``model`` with: ``optimizer`` (``"lazy_adam"``
-    or ``"adam"``) at ``learning_rate``, or the model's own ``default_optimizer`` (Wide & Deep:
+    """The optimizer :func:`train_ranker` compiles ``model`` with: ``optimizer`` (a name of
+    ``OPTIMIZERS``: ``"lazy_adam"``, ``"adam"`` or ``"keras_adam"``) at ``learning_rate``, or the model's own ``default_optimizer`` (Wide & Deep:
     FTRL for the wide part, the chosen Adam for the deep part)."""
     if not isinstance(optimizer, str):
         return optimizer
@@ -223,21 +293,26 @@ def ranker_optimizer(model, learning_rate=1e-3, optimizer="lazy_adam"):
 
 def train_ranker(model, ds, epochs=2, batch_size=256, learning_rate=1e-3, verbose=None,
                  patience=1, strategy=None, seed=0, optimizer=None, steps_per_execution=None,
-                 encode=None, jit_compile=False):
+                 encode=None, jit_compile=False, sort_by_length=None):
     """Fits a ranker on ``ds.train`` (early stopping on ``ds.valid``'s AUC when there is one,
     keeping the best epoch's weights).
 
     Args (beyond the obvious):
       optimizer: ``"lazy_adam"`` (:class:`LazyAdam`: sparse row updates of embedding tables),
-        ``"adam"`` (Keras' Adam) or an optimizer instance. Default: ``"lazy_adam"`` for the CTR
-        rankers that take encoded inputs (Wide & Deep, DeepFM, xDeepFM, DCN-v2), ``"adam"``
-        for the others.
+        ``"adam"`` (:class:`FusedAdam`: Keras' Adam's updates, one kernel per variable),
+        ``"keras_adam"`` (``keras.optimizers.Adam`` itself) or an optimizer instance.
+        Default: ``"lazy_adam"`` for the CTR rankers that take encoded inputs (Wide & Deep,
+        DeepFM, xDeepFM, DCN-v2), ``"adam"`` for the others.
       steps_per_execution: training steps run per call into the compiled function (fewer
         Python round trips). Default: 16 for the models that take encoded inputs, else 1.
       encode: feed the model encoded inputs (lookups done once, outside the training step);
         default: when the model supports it.
       jit_compile: compile the training step with XLA (default False: with embedding
         lookups and on CPU it measured slower).
+      sort_by_length: a sequence feature whose length groups the training rows into batches
+        (see :func:`index_batches`), or False for plain shuffled batches. Default: the
+        model's ``length_feature`` when it has one (DIEN with ``length_buckets``, whose
+        recurrences then run only the batch's real steps), else False.
 
     ``ds.train``/``ds.valid`` may be DataFrames or lazily read splits (streaming Criteo). Returns
     a dict with ``train_seconds``, ``train_examples_per_sec``, ``epochs_run`` and the per-epoch
@@ -256,11 +331,16 @@ def train_ranker(model, ds, epochs=2, batch_size=256, learning_rate=1e-3, verbos
                       steps_per_execution=max(1, int(steps_per_execution)),
                       jit_compile=bool(jit_compile))
     build = encoded_dataset if encode else None
+    if sort_by_length is None:
+        sort_by_length = getattr(model, "length_feature", None)
 
     def data(frame, size, shuffle):
+        by = sort_by_length or None
         if build is not None:
-            return build(model, fs, frame, size, label, shuffle=shuffle, seed=seed)
-        return make_dataset(fs, frame, model.features, size, label, shuffle=shuffle, seed=seed)
+            return build(model, fs, frame, size, label, shuffle=shuffle, seed=seed,
+                         sort_by_length=by)
+        return make_dataset(fs, frame, model.features, size, label, shuffle=shuffle, seed=seed,
+                            sort_by_length=by)
 
     train = data(ds.train, batch_size, True)
     callbacks = []
@@ -271,12 +351,35 @@ def train_ranker(model, ds, epochs=2, batch_size=256, learning_rate=1e-3, verbos
                                                     patience=patience,
                                                     restore_best_weights=True)]
     start = time.perf_counter()
+    with strategy.scope():
+        build_for_training(model)
     hist = model.fit(train, epochs=epochs, callbacks=callbacks, verbose=_verbose(verbose))
     seconds = time.perf_counter() - start
     epochs_run = len(hist.history.get("loss", []))
     return {"train_seconds": seconds, "epochs_run": epochs_run,
             "train_examples_per_sec": _n_rows(ds.train) * epochs_run / max(seconds, 1e-9),
             "history": {k: [float(v) for v in vs] for k, vs in hist.history.items()}}
+
+
+def build_for_training(model):
+    """Creates, before ``fit``, the variables Keras would otherwise create inside the first
+    traced training step - the model's weights and metrics (one call on two padding rows) and
+    the optimizer's slots (both of Wide & Deep's) - so the step is traced once instead of
+    twice (``tf.function`` retraces a function that created variables); for DIEN that is
+    seconds of graph building."""
+    dummy = model.dummy_inputs(2)
+    model(dummy, training=False)                    # the weights
+    frozen = [(v, v.numpy()) for v in model.non_trainable_variables]
+    model(dummy, training=True)                     # what only training makes (add_metric)
+    for variable, value in frozen:                  # e.g. batch-norm statistics: untouched
+        variable.assign(value)
+    optimizer = model.optimizer
+    if isinstance(optimizer, keras.optimizers.Optimizer):
+        optimizer.build(model.trainable_variables)
+    elif isinstance(optimizer, (list, tuple)) and hasattr(model, "linear_model"):
+        # WideDeepModel.train_step: [linear optimizer, DNN optimizer]
+        optimizer[0].build(model.linear_model.trainable_variables)
+        optimizer[1].build(model.dnn_model.trainable_variables)
 
 
 def predict(model, feature_set, frame, batch_size=4096):

@@ -46,6 +46,8 @@ Example::
 Reference: Zhou et al., "Deep Interest Evolution Network for Click-Through Rate Prediction",
 AAAI 2019, section 4.3.
 """
+from collections import namedtuple
+
 from recsys_tf.backend import keras, tf
 
 MODES = ("augru", "agru", "aigru")
@@ -104,12 +106,13 @@ class AUGRUCell(keras.layers.Layer):
         return h_new, [h_new]
 
     @tf.autograph.experimental.do_not_convert
-    def sequence(self, inputs, scores, mask=None, return_sequences=True):
+    def sequence(self, inputs, scores, mask=None, return_sequences=True, max_len=None):
         """All states ``[b, L, units]`` for inputs ``[b, L, d]``, scores ``[b, L]`` and mask
         ``[b, L]`` (None: all real), as ``keras.layers.RNN(self, return_sequences=True)`` gives
         for ``concat([inputs, scores[..., None]], -1)``, computed by :func:`recurrence`; only
         the last state ``[b, units]`` with ``return_sequences=False`` (a masked step keeps the
-        state, so it is the state after the last real step)."""
+        state, so it is the state after the last real step). ``max_len``: a static bound on
+        ``L`` when ``L`` is not static (see :func:`recurrence`'s ``steps``)."""
         if not self.built:
             self.build((None, int(inputs.shape[-1]) + 1))
         scores = tf.cast(scores, inputs.dtype)
@@ -120,7 +123,8 @@ class AUGRUCell(keras.layers.Layer):
         else:
             weight = real * scores
         return recurrence(projected + self.bias, weight, self.recurrent_kernel,
-                          gated=self.mode != "agru", return_sequences=return_sequences)
+                          gated=self.mode != "agru", return_sequences=return_sequences,
+                          extent=None if mask is None else extent_of(mask), steps=max_len)
 
     def get_config(self):
         config = super().get_config()
@@ -133,11 +137,12 @@ class AUGRUCell(keras.layers.Layer):
 
 
 @tf.autograph.experimental.do_not_convert
-def keras_gru_sequence(layer, inputs, mask=None):
+def keras_gru_sequence(layer, inputs, mask=None, max_len=None):
     """All states ``[b, L, units]`` of a ``keras.layers.GRU`` (``reset_after=True``, tanh and
     sigmoid, no dropout) over ``inputs [b, L, d]``, as ``layer(inputs, mask=mask)`` with
     ``return_sequences=True`` gives (a masked step repeats the previous state), computed by
-    :func:`recurrence` with the layer's own weights."""
+    :func:`recurrence` with the layer's own weights (``max_len``: as in
+    :meth:`AUGRUCell.sequence`)."""
     cell = layer.cell
     name = lambda fn: getattr(fn, "__name__", None)  # noqa: E731
     if (not cell.reset_after or name(cell.activation) != "tanh" or cell.dropout
@@ -146,7 +151,7 @@ def keras_gru_sequence(layer, inputs, mask=None):
         raise ValueError("keras_gru_sequence needs a GRU with reset_after=True, tanh, sigmoid "
                          "and no dropout")
     if not layer.built:
-        layer.build(inputs.shape)
+        layer.build((None, max_len or inputs.shape[1], inputs.shape[-1]))
     units = cell.units
     input_bias, recurrent_bias = tf.unstack(cell.bias)
     # Keras's gates are [z | r | h] with h_t = z h_{t-1} + (1 - z) h~_t: z keeps the state, so
@@ -159,7 +164,8 @@ def keras_gru_sequence(layer, inputs, mask=None):
     projected = time_dense(inputs, cell.kernel * sign) + bias
     real = tf.ones_like(inputs[..., 0]) if mask is None else tf.cast(mask, inputs.dtype)
     return recurrence(projected, real, cell.recurrent_kernel * sign,
-                      candidate_bias=recurrent_bias[2 * units:])
+                      candidate_bias=recurrent_bias[2 * units:],
+                      extent=None if mask is None else extent_of(mask), steps=max_len)
 
 
 def time_dense(x, kernel):
@@ -171,7 +177,7 @@ def time_dense(x, kernel):
 
 @tf.autograph.experimental.do_not_convert
 def recurrence(projected, weight, recurrent_kernel, candidate_bias=None, gated=True,
-               return_sequences=True):
+               return_sequences=True, extent=None, block=2, steps=None):
     """The GRU-family recurrence over precomputed input products, with a hand-written gradient.
 
     With ``a_t = projected[:, t]`` split into blocks ``[g | r | c]`` (``[r | c]`` when not
@@ -187,7 +193,15 @@ def recurrence(projected, weight, recurrent_kernel, candidate_bias=None, gated=T
 
     The time loop is unrolled; the backward pass is back-propagation through time written out
     (about twenty small ops per step, against the several dozen automatic differentiation of
-    the same loop emits), with the products with ``U`` of all steps' gradients done as one.
+    the same loop emits), with the products with ``U`` of a group's steps' gradients done as
+    one.
+
+    Padding is skipped: with ``extent`` (a scalar: every row's weight is 0 from step
+    ``extent`` on - the batch's longest history), the steps are run in groups of ``block``
+    and a group that starts at or after ``extent`` is not computed, forward or backward: its
+    states repeat the last one, as computing them would. A batch of short histories then
+    costs a few steps instead of ``L``. The gradient with respect to ``weight`` at the skipped
+    steps is returned as 0, where the callers multiply it by a 0 mask anyway.
 
     Args:
       projected: ``[b, L, k * H]`` input products ``W i_t + b`` (``k`` = 3, or 2 when not
@@ -197,95 +211,189 @@ def recurrence(projected, weight, recurrent_kernel, candidate_bias=None, gated=T
       candidate_bias: ``[H]`` recurrent bias of the candidate (Keras's ``reset_after``), or None.
       gated: whether there is an update gate block ``g``.
       return_sequences: return every state (default) or only ``h_L``.
+      extent: int32 scalar tensor (or None: run every step), see above; :func:`extent_of`
+        computes it from a mask.
+      block: steps per group when skipping (default 2).
+      steps: a static bound on ``L`` for a ``projected`` whose ``L`` is not static (a batch
+        cut after its longest history): the recurrence is unrolled over ``steps`` and the
+        steps past ``L`` are skipped as padding. Default: ``L``, which must then be static.
 
     Returns:
       ``[b, L, H]``: ``h_1 .. h_L``; ``[b, H]``: ``h_L`` when not ``return_sequences``.
     """
-    steps = projected.shape[1]
-    if steps is None:
-        raise ValueError("recurrence needs a static sequence length")
+    length = projected.shape[1]
+    if length is None:
+        if steps is None:
+            raise ValueError("recurrence needs a static sequence length or `steps`")
+        length = tf.shape(projected)[1]
+        pad = [[0, 0], [0, int(steps) - length]]
+        projected = tf.pad(projected, pad + [[0, 0]])
+        projected.set_shape([None, int(steps), projected.shape[-1]])
+        weight = tf.pad(tf.cast(weight, projected.dtype), pad)
+        extent = length if extent is None else tf.minimum(tf.cast(extent, tf.int32), length)
+        states = recurrence(projected, weight, recurrent_kernel, candidate_bias, gated,
+                            return_sequences, extent, block)
+        return states[:, :length] if return_sequences else states
+    steps = int(length)
     dtype = projected.dtype
     recurrent_kernel = tf.convert_to_tensor(recurrent_kernel, dtype)
     units = int(recurrent_kernel.shape[0])
-    config = (int(steps), units, (2 if gated else 1) * units, bool(gated),
-              bool(return_sequences))
+    if extent is None:
+        extent = tf.constant(int(steps), tf.int32)
+    config = _Config(steps, units, (2 if gated else 1) * units, bool(gated),
+                     bool(return_sequences), max(1, int(block)))
     weight = tf.cast(weight, dtype)
+    extent = tf.cast(extent, tf.int32)
     if candidate_bias is None:
         @tf.custom_gradient
         def run(projected, weight, kernel):
-            states, saved = _forward(projected, weight, kernel, None, *config)
-            return states, lambda d: _backward(d, weight, kernel, saved, False, *config)
+            states, saved = _forward(projected, weight, kernel, None, extent, config)
+            return states, lambda d: _backward(d, weight, kernel, saved, False, extent, config)
 
         return run(projected, weight, recurrent_kernel)
 
     @tf.custom_gradient
     def run_with_bias(projected, weight, kernel, candidate_bias):
-        states, saved = _forward(projected, weight, kernel, candidate_bias, *config)
-        return states, lambda d: _backward(d, weight, kernel, saved, True, *config)
+        states, saved = _forward(projected, weight, kernel, candidate_bias, extent, config)
+        return states, lambda d: _backward(d, weight, kernel, saved, True, extent, config)
 
     return run_with_bias(projected, weight, recurrent_kernel,
                          tf.convert_to_tensor(candidate_bias, dtype))
 
 
-def _forward(projected, weight, kernel, candidate_bias, steps, units, gate_width, gated,
-             sequences):
+def extent_of(mask):
+    """int32 scalar: the position of the last real step of any row of ``mask [b, L]`` + 1
+    (0 when there is none)."""
+    steps = tf.range(1, tf.shape(mask)[1] + 1)
+    return tf.reduce_max(tf.where(tf.cast(mask, tf.bool), steps, tf.zeros_like(steps)))
+
+
+class _Config(namedtuple("_Config", "steps units gate_width gated sequences block")):
+    """The static shape of one recurrence."""
+    __slots__ = ()
+
+    def groups(self):
+        """``[(first step, [its steps])]``: the groups of ``block`` steps."""
+        return [(t0, list(range(t0, min(t0 + self.block, self.steps))))
+                for t0 in range(0, self.steps, self.block)]
+
+
+# the per-step values the forward pass keeps for the backward pass (g is absent for AGRU)
+_SAVED = ("h", "s", "g", "r", "c", "m_c", "u", "diff")
+
+
+def _when(extent, first, compute, skip):
+    """``compute()``, or ``skip()`` when the group starting at step ``first`` lies wholly in
+    the padding (the first group always runs: its cost is what a condition would save)."""
+    if first == 0:
+        return compute()
+    return tf.cond(extent > first, compute, skip)
+
+
+def _forward(projected, weight, kernel, candidate_bias, extent, cfg):
     """``(states [b, L, H] or h_L, per-step values the backward pass reuses)``."""
+    units, gate_width, gated = cfg.units, cfg.gate_width, cfg.gated
     a_s, a_c = tf.split(projected, [gate_width, units], axis=-1)
-    a_s, a_c = tf.unstack(a_s, steps, axis=1), tf.unstack(a_c, steps, axis=1)
-    w = tf.unstack(weight[..., None], steps, axis=1)                            # [b, 1] each
+    a_s, a_c = tf.unstack(a_s, cfg.steps, axis=1), tf.unstack(a_c, cfg.steps, axis=1)
+    w = tf.unstack(weight[..., None], cfg.steps, axis=1)                        # [b, 1] each
     h = tf.zeros_like(projected[:, 0, :units])
+    names = [n for n in _SAVED if gated or n != "g"]
     saved, states = [], []
-    for t in range(steps):
-        m_s, m_c = tf.split(tf.matmul(h, kernel), [gate_width, units], axis=-1)
-        s = tf.sigmoid(a_s[t] + m_s)
-        if gated:
-            g, r = tf.split(s, 2, axis=-1)
-            u = w[t] * g
-        else:
-            r, g, u = s, None, w[t]
-        if candidate_bias is not None:
-            m_c = m_c + candidate_bias
-        c = tf.tanh(a_c[t] + r * m_c)
-        diff = c - h
-        saved.append((h, s, g, r, c, m_c, u, diff))
-        h = h + u * diff
-        states.append(h)
-    return (tf.stack(states, axis=1) if sequences else h), saved
+    for first, group in cfg.groups():
+        def compute(h=h, group=group):
+            values, hs = [], []
+            for t in group:
+                m_s, m_c = tf.split(tf.matmul(h, kernel), [gate_width, units], axis=-1)
+                s = tf.sigmoid(a_s[t] + m_s)
+                if gated:
+                    g, r = tf.split(s, 2, axis=-1)
+                    u = w[t] * g
+                else:
+                    r, g, u = s, None, w[t]
+                if candidate_bias is not None:
+                    m_c = m_c + candidate_bias
+                c = tf.tanh(a_c[t] + r * m_c)
+                diff = c - h
+                step = dict(h=h, s=s, g=g, r=r, c=c, m_c=m_c, u=u, diff=diff)
+                values.append([step[n] for n in names])
+                h = h + u * diff
+                hs.append(h)
+            return hs, values
+
+        def skip(h=h, group=group):
+            zero, zero_s = tf.zeros_like(h), tf.zeros_like(a_s[0])
+            zero_u = zero if gated else tf.zeros_like(w[0])
+            shapes = dict(s=zero_s, u=zero_u)
+            return [h] * len(group), [[shapes.get(n, zero) for n in names] for _ in group]
+
+        hs, values = _when(extent, first, compute, skip)
+        states += hs
+        saved += [dict(zip(names, v)) for v in values]
+        h = hs[-1]
+    return (tf.stack(states, axis=1) if cfg.sequences else h), saved
 
 
-def _backward(d_states, weight, kernel, saved, with_bias, steps, units, gate_width, gated,
-              sequences):
+def _backward(d_states, weight, kernel, saved, with_bias, extent, cfg):
     """Gradients of ``sum(d_states * states)`` w.r.t. projected, weight, kernel (and the
     candidate bias), by back-propagation through time over the saved forward values."""
-    if sequences:
+    steps, gate_width, gated = cfg.steps, cfg.gate_width, cfg.gated
+    if cfg.sequences:
         d_out = tf.unstack(d_states, steps, axis=1)
         carry = tf.zeros_like(d_out[0])                                      # dL/dh_t from t+1
     else:                                                                    # only h_L is used
         d_out, carry = [None] * steps, d_states
     w = tf.unstack(weight[..., None], steps, axis=1)
-    d_m, d_a_s, d_a_c, d_w = [None] * steps, [None] * steps, [None] * steps, [None] * steps
-    for t in reversed(range(steps)):
-        h_prev, s, g, r, c, m_c, u, diff = saved[t]
-        dh = carry if d_out[t] is None else d_out[t] + carry
-        d_c = dh * u                                       # h_t = h_{t-1} + u (h~ - h_{t-1})
-        d_u = dh * diff
-        d_pre_c = d_c * (1.0 - c * c)                      # through tanh
-        d_r = d_pre_c * m_c
-        if gated:
-            d_w[t] = tf.reduce_sum(d_u * g, axis=-1)
-            d_s = tf.concat([d_u * w[t], d_r], axis=-1)
-        else:
-            d_w[t] = tf.reduce_sum(d_u, axis=-1)
-            d_s = d_r
-        d_a_s[t] = d_s * (s * (1.0 - s))                   # through the sigmoids
-        d_a_c[t] = d_pre_c                                 # w.r.t. the input products
-        d_m[t] = tf.concat([d_a_s[t], d_pre_c * r], axis=-1)   # w.r.t. h_{t-1} U (+ bias)
-        carry = dh - d_c + tf.matmul(d_m[t], kernel, transpose_b=True)
+    d_a_s, d_a_c, d_w = [None] * steps, [None] * steps, [None] * steps
+    d_kernel, d_bias = [], []
+    for first, group in reversed(cfg.groups()):
+        def compute(carry=carry, group=group):
+            out, d_m = {}, {}
+            for t in reversed(group):
+                v = saved[t]
+                dh = carry if d_out[t] is None else d_out[t] + carry
+                d_c = dh * v["u"]                          # h_t = h_{t-1} + u (h~ - h_{t-1})
+                d_u = dh * v["diff"]
+                d_pre_c = d_c * (1.0 - v["c"] * v["c"])    # through tanh
+                d_r = d_pre_c * v["m_c"]
+                if gated:
+                    dw = tf.reduce_sum(d_u * v["g"], axis=-1)
+                    d_s = tf.concat([d_u * w[t], d_r], axis=-1)
+                else:
+                    dw = tf.reduce_sum(d_u, axis=-1)
+                    d_s = d_r
+                das = d_s * (v["s"] * (1.0 - v["s"]))      # through the sigmoids
+                d_m[t] = tf.concat([das, d_pre_c * v["r"]], axis=-1)  # w.r.t. h_{t-1} U (+ b)
+                out[t] = (das, d_pre_c, dw)
+                carry = dh - d_c + tf.matmul(d_m[t], kernel, transpose_b=True)
+            # the products with U of the group's steps at once: sum_t h_{t-1}^T d_m
+            h_prev = tf.concat([saved[t]["h"] for t in group], axis=0)       # [n * b, H]
+            d_ms = tf.concat([d_m[t] for t in group], axis=0)                # [n * b, kH]
+            sums = [tf.matmul(h_prev, d_ms, transpose_a=True)]
+            if with_bias:
+                sums.append(tf.reduce_sum(d_ms[:, gate_width:], axis=0))
+            return carry, [out[t] for t in group], sums
+
+        def skip(carry=carry, group=group):
+            # padded steps keep the state: dL/dh passes through unchanged (plus any d_out)
+            for t in reversed(group):
+                if d_out[t] is not None:
+                    carry = carry + d_out[t]
+            v = saved[group[0]]
+            zero_dw = tf.zeros_like(w[0][:, 0])
+            sums = [tf.zeros_like(kernel)]
+            if with_bias:
+                sums.append(tf.zeros_like(kernel[0, gate_width:]))
+            return carry, [(tf.zeros_like(v["s"]), tf.zeros_like(v["c"]), zero_dw)
+                           for _ in group], sums
+
+        carry, grads, sums = _when(extent, first, compute, skip)
+        for t, (das, dpc, dw) in zip(group, grads):
+            d_a_s[t], d_a_c[t], d_w[t] = das, dpc, dw
+        d_kernel.append(sums[0])
+        if with_bias:
+            d_bias.append(sums[1])
     d_projected = tf.concat([tf.stack(d_a_s, axis=1), tf.stack(d_a_c, axis=1)], axis=-1)
-    h_prev = tf.concat([v[0] for v in saved], axis=0)                        # [L * b, H]
-    d_m = tf.concat(d_m, axis=0)                                             # [L * b, kH]
-    grads = [d_projected, tf.stack(d_w, axis=1),
-             tf.matmul(h_prev, d_m, transpose_a=True)]                       # sum_t h_{t-1}^T d_m
+    grads = [d_projected, tf.stack(d_w, axis=1), tf.add_n(d_kernel)]
     if with_bias:
-        grads.append(tf.reduce_sum(d_m[:, gate_width:], axis=0))
+        grads.append(tf.add_n(d_bias))
     return grads

@@ -155,9 +155,23 @@ def test_saved_model_round_trip(cls, beauty, batch, trained_dien, tmp_path):
     assert np.all(np.isfinite(loaded(**unknown)["probability"].numpy()))
 
 
-@pytest.mark.parametrize("evolution", ["augru", "agru", "aigru"])
-def test_fused_recurrences_match_the_keras_layers(beauty, batch, evolution):
-    """The fused GRU / AUGRU paths give the Keras layers' outputs and gradients."""
+def shortened(batch, length):
+    """``batch`` with every history cut to its first ``length`` behaviours."""
+    out = dict(batch)
+    for name in ("history", "history_category"):
+        ids = batch[name].numpy().copy()
+        ids[:, length:] = 0
+        out[name] = tf.constant(ids)
+    return out
+
+
+@pytest.mark.parametrize("evolution,length", [("augru", 20), ("agru", 20), ("aigru", 20),
+                                              ("augru", 3), ("aigru", 6)])
+def test_fused_recurrences_match_the_keras_layers(beauty, batch, evolution, length):
+    """The fused GRU / AUGRU paths give the Keras layers' outputs and gradients; with short
+    histories (``length`` < 20) the fused path cuts the batch after its longest one and skips
+    the padded steps, which must change nothing."""
+    batch = shortened(batch, length)
     fused = DIEN(beauty.feature_set, evolution=evolution, gru_units=6, aux_loss_weight=0.0,
                  **SMALL)
     reference = DIEN(beauty.feature_set, evolution=evolution, gru_units=6, aux_loss_weight=0.0,
@@ -180,6 +194,52 @@ def test_fused_recurrences_match_the_keras_layers(beauty, batch, evolution):
             continue
         np.testing.assert_allclose(tf.convert_to_tensor(a).numpy(), tf.convert_to_tensor(b).numpy(),
                                    atol=2e-5, err_msg=variable.name)
+
+
+@pytest.mark.parametrize("gated,sequences", [(True, True), (True, False), (False, False)])
+def test_recurrence_skips_the_padded_steps_exactly(gated, sequences):
+    """With ``extent`` (and with a shorter, dynamic length plus ``steps``) the states and the
+    gradients equal the full recurrence's; the weight's gradient may differ only where the
+    weight is padding (there it is 0)."""
+    from recsys_tf.layers.augru import extent_of, recurrence
+
+    rng = np.random.default_rng(3)
+    b, L, H = 5, 9, 4
+    k = 3 if gated else 2
+    projected = tf.constant(rng.normal(size=(b, L, k * H)), tf.float32)
+    real = np.arange(L)[None, :] < np.array([0, 2, 5, 1, 3])[:, None]     # extent 5 of 9
+    weight = tf.constant(real * rng.uniform(0.2, 1.0, (b, L)), tf.float32)
+    kernel = tf.constant(rng.normal(size=(H, k * H)), tf.float32)
+    bias = tf.constant(rng.normal(size=H), tf.float32)
+    extent = extent_of(real)
+    assert int(extent) == 5
+
+    def run(p, w, **kw):
+        with tf.GradientTape() as tape:
+            tape.watch([p, w, kernel, bias])
+            out = recurrence(p, w, kernel, bias, gated=gated, return_sequences=sequences, **kw)
+            if sequences:
+                out = out[:, :6]                         # what the cut run below returns
+            loss = tf.reduce_sum(out * out) + tf.reduce_sum(tf.sin(out))
+        return out, tape.gradient(loss, [p, w, kernel, bias])
+
+    full, full_grads = run(projected, weight)
+    for cut in (False, True):
+        if cut:   # a dynamic length of 6 steps unrolled over a bound of 9
+            fn = tf.function(lambda p, w: run(p, w, extent=extent, block=2, steps=L),
+                             input_signature=[tf.TensorSpec([None, None, k * H]),
+                                              tf.TensorSpec([None, None])])
+            got, grads = fn(projected[:, :6], weight[:, :6])
+            grads = [tf.pad(grads[0], [[0, 0], [0, L - 6], [0, 0]]),
+                     tf.pad(grads[1], [[0, 0], [0, L - 6]])] + grads[2:]
+        else:
+            got, grads = run(projected, weight, extent=extent, block=2)
+        np.testing.assert_allclose(got.numpy(), full.numpy(), atol=1e-6)
+        for i, (g, w) in enumerate(zip(grads, full_grads)):
+            g, w = tf.convert_to_tensor(g).numpy(), tf.convert_to_tensor(w).numpy()
+            if i == 1:                                   # d weight: compared where real
+                g, w = g * real, w * real
+            np.testing.assert_allclose(g, w, atol=1e-5, err_msg=str(i))
 
 
 def test_fused_sequences_match_keras_rnn_with_masks():
