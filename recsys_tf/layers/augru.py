@@ -238,12 +238,10 @@ def recurrence(projected, weight, recurrent_kernel, candidate_bias=None, gated=T
     dtype = projected.dtype
     recurrent_kernel = tf.convert_to_tensor(recurrent_kernel, dtype)
     units = int(recurrent_kernel.shape[0])
-    if extent is None:
-        extent = tf.constant(int(steps), tf.int32)
     config = _Config(steps, units, (2 if gated else 1) * units, bool(gated),
                      bool(return_sequences), max(1, int(block)))
     weight = tf.cast(weight, dtype)
-    extent = tf.cast(extent, tf.int32)
+    extent = None if extent is None else tf.cast(extent, tf.int32)
     if candidate_bias is None:
         @tf.custom_gradient
         def run(projected, weight, kernel):
@@ -285,7 +283,7 @@ _SAVED = ("h", "s", "g", "r", "c", "m_c", "u", "diff")
 def _when(extent, first, compute, skip):
     """``compute()``, or ``skip()`` when the group starting at step ``first`` lies wholly in
     the padding (the first group always runs: its cost is what a condition would save)."""
-    if first == 0:
+    if first == 0 or extent is None:
         return compute()
     return tf.cond(extent > first, compute, skip)
 

@@ -454,9 +454,9 @@ class Recommender(_ServedModels):
 
         # seen / blocked items
         if retrieved:
-            keep = np.fromiter((i not in banned for i in ids), dtype=bool, count=len(ids))
-            ids = [i for i, kp in zip(ids, keep) if kp][:n_candidates]
-            r_scores = r_scores[keep][:n_candidates]
+            kept = [j for j, i in enumerate(ids) if i not in banned][:n_candidates]
+            ids = [ids[j] for j in kept]
+            r_scores = r_scores[kept]
         else:  # popularity order stands in for retrieval scores
             r_scores = 1.0 - np.arange(len(ids), dtype=np.float64) / max(len(ids), 1)
 

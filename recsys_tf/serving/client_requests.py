@@ -52,6 +52,8 @@ def _error_text(err) -> str:
 
 # ------------------------------------------------------------------------------ requests
 def _to_bytes(value):
+    if type(value) is str:                              # the common case first
+        return value.encode()
     if isinstance(value, bytes):
         return value
     if value is None or (isinstance(value, float) and value != value):

@@ -440,7 +440,7 @@ def mmr(scores, k, diversity=0.0, embeddings=None, categories=None, cap=None,
             )
         if not np.isfinite(e).all():
             raise ValueError("embeddings must be finite")
-        norms = np.linalg.norm(e, axis=1, keepdims=True)
+        norms = np.sqrt(np.einsum("ij,ij->i", e, e))[:, None]
         sim_vectors = np.divide(e, norms, out=np.zeros_like(e), where=norms > 0)
     elif categories is not None:
         cats = np.asarray(categories, dtype=object)
@@ -493,7 +493,7 @@ def mmr(scores, k, diversity=0.0, embeddings=None, categories=None, cap=None,
             obj = np.subtract(base, diversity * max_sim, out=obj)
         else:                                      # the max over an empty set is 0
             obj = base.copy()
-        pick = int(np.argmax(obj))
+        pick = int(obj.argmax())
         if obj[pick] == -np.inf:                   # nothing left that the caps allow
             break
         picks.append(pick)
