@@ -105,8 +105,8 @@ def index_batches(n, batch_size, shuffle=False, seed=0, lengths=None, window=20)
     ``lengths`` (``[n]`` ints, with ``shuffle``): batches of rows of similar length. Each run of
     ``window * batch_size`` permuted rows is sorted by length before it is cut into batches, and
     the full batches are then shuffled, as the DIEN authors' data iterator does; a sequence
-    model that runs only a batch's real steps (DIEN's ``length_buckets``) then skips most of
-    the padding."""
+    model that runs only a batch's real steps (DIEN cuts each batch after its longest history)
+    then skips most of the padding."""
     n, batch_size = int(n), int(batch_size)
     full = n // batch_size * batch_size
 
@@ -275,8 +275,9 @@ OPTIMIZERS = {"lazy_adam": LazyAdam, "adam": FusedAdam, "keras_adam": keras.opti
 
 def ranker_optimizer(model, learning_rate=1e-3, optimizer="lazy_adam"):
     """The optimizer :func:`train_ranker` compiles ``model`` with: ``optimizer`` (a name of
-    ``OPTIMIZERS``: ``"lazy_adam"``, ``"adam"`` or ``"keras_adam"``) at ``learning_rate``, or the model's own ``default_optimizer`` (Wide & Deep:
-    FTRL for the wide part, the chosen Adam for the deep part)."""
+    ``OPTIMIZERS``: ``"lazy_adam"``, ``"adam"`` or ``"keras_adam"``) at ``learning_rate``, or
+    the model's own ``default_optimizer`` (Wide & Deep: FTRL for the wide part, the chosen
+    Adam for the deep part)."""
     if not isinstance(optimizer, str):
         return optimizer
     if optimizer not in OPTIMIZERS:
@@ -311,8 +312,8 @@ def train_ranker(model, ds, epochs=2, batch_size=256, learning_rate=1e-3, verbos
         lookups and on CPU it measured slower).
       sort_by_length: a sequence feature whose length groups the training rows into batches
         (see :func:`index_batches`), or False for plain shuffled batches. Default: the
-        model's ``length_feature`` when it has one (DIEN with ``length_buckets``, whose
-        recurrences then run only the batch's real steps), else False.
+        model's ``length_feature`` when it has one (DIEN, which cuts each batch after its
+        longest history), else False.
 
     ``ds.train``/``ds.valid`` may be DataFrames or lazily read splits (streaming Criteo). Returns
     a dict with ``train_seconds``, ``train_examples_per_sec``, ``epochs_run`` and the per-epoch

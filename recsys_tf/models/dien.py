@@ -120,8 +120,8 @@ class DIEN(DIN):
         length = tf.maximum(extent_of(mask), 1)
         return dict(inputs, **{k: inputs[k][:, :length] for k in keys})
 
-    # Plain Python over static shapes: no AutoGraph conversion needed, and skipping it takes
-    # seconds off building the training graph (the unrolled recurrences are long).
+    # Plain Python (the recurrences are unrolled over max_len): no AutoGraph conversion
+    # needed, and skipping it takes seconds off building the training graph.
     @tf.autograph.experimental.do_not_convert
     def logit(self, inputs, training=None):
         if self.fused_rnn:
