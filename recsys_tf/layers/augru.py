@@ -233,7 +233,11 @@ def recurrence(projected, weight, recurrent_kernel, candidate_bias=None, gated=T
         extent = length if extent is None else tf.minimum(tf.cast(extent, tf.int32), length)
         states = recurrence(projected, weight, recurrent_kernel, candidate_bias, gated,
                             return_sequences, extent, block)
-        return states[:, :length] if return_sequences else states
+        if not return_sequences:
+            return states
+        out = tf.slice(states, [0, 0, 0], tf.stack([-1, length, -1]))   # gradient: one pad
+        out.set_shape([states.shape[0], None, states.shape[2]])
+        return out
     steps = int(length)
     dtype = projected.dtype
     recurrent_kernel = tf.convert_to_tensor(recurrent_kernel, dtype)

@@ -226,6 +226,11 @@ class FeatureEmbedding(keras.layers.Layer):
         table = self.feature_set.categorical_of(name).table
         return self._gather(table, self.lookup(name, values))
 
+    def embed_rows(self, name, rows):
+        """Embeddings of table rows ``rows`` (any shape; the indices :meth:`ids` gives) in
+        ``name``'s table."""
+        return self._gather(self.feature_set.categorical_of(name).table, rows)
+
     def _gather(self, table, ids):
         if not self.fused:
             return tf.gather(self.tables[table], ids)

@@ -129,8 +129,8 @@ class DIEN(DIN):
         behaviors, mask, target, others = self.embed(inputs)
         h = self.attention_keys(behaviors, mask)                                # [b, L, H]
         if training and self.aux_loss_weight:
-            items = self.embedding.ids(inputs, self.behavior[0][0])          # table rows
-            aux = self.auxiliary_loss(h, behaviors, mask, items)
+            rows = [self.embedding.ids(inputs, s) for s, _ in self.behavior]    # table rows
+            aux = self.auxiliary_loss(h, behaviors, mask, rows)
             self.add_loss(self.aux_loss_weight * aux)
             self.add_metric(aux, name="aux_loss")
         _, a = self.attention([h, target], mask=mask)                          # [b, L]
@@ -141,23 +141,28 @@ class DIEN(DIN):
             final = self.evolver(tf.concat([h, a[..., None]], axis=-1), mask=mask)
         return self.head(final, behaviors, mask, target, others, training=training)
 
-    def auxiliary_loss(self, h, behaviors, mask, items):
-        """``L_aux``: ``h_t`` against the real ``e_b[t+1]`` and an in-batch sampled negative."""
+    def auxiliary_loss(self, h, behaviors, mask, rows):
+        """``L_aux``: ``h_t`` against the real ``e_b[t+1]`` and an in-batch sampled negative.
+        ``rows``: the table rows of each behaviour sequence (item first), ``[b, L]`` each."""
         width = behaviors.shape[-1]
-        # step t is scored against step t + 1: h_1 .. h_{L-1} against e_b[2] .. e_b[L]
-        state, following, following_items = h[:, :-1], behaviors[:, 1:], items[:, 1:]
-        valid = tf.cast(tf.logical_and(mask[:, :-1], mask[:, 1:]), h.dtype)  # t and t+1 real
+        # step t is scored against step t + 1: the next behaviour is looked up again from the
+        # shifted rows (integers), so no float tensor is shifted or sliced (their gradients
+        # are copies of whole [b, L, D] tensors); the last step has no next one
+        shifted = [tf.concat([r[:, 1:], tf.zeros_like(r[:, :1])], axis=1) for r in rows]
+        following = tf.concat([self.embedding.embed_rows(s, r)
+                               for (s, _), r in zip(self.behavior, shifted)], axis=-1)
+        has_next = tf.concat([mask[:, 1:], tf.zeros_like(mask[:, :1])], axis=1)
+        valid = tf.cast(tf.logical_and(mask, has_next), h.dtype)              # t and t+1 real
         # the negatives: uniform draws among the batch's real behaviours (flat positions)
+        items, following_items = rows[0], shifted[0]
         real = tf.where(tf.reshape(mask, [-1]))[:, 0]                           # [n]
         n = tf.shape(real)[0]
-        draw = tf.random.uniform(tf.shape(following_items), maxval=tf.maximum(n, 1),
-                                 dtype=tf.int32)
-        position = tf.gather(tf.concat([real, tf.zeros([1], real.dtype)], 0), draw)
-        negative = tf.gather(tf.reshape(behaviors, [-1, width]), position)      # [b, L-1, D]
+        draw = tf.random.uniform(tf.shape(mask), maxval=tf.maximum(n, 1), dtype=tf.int32)
+        position = tf.gather(tf.concat([real, tf.zeros([1], real.dtype)], 0), draw)  # [b, L]
+        negative = tf.gather(tf.reshape(behaviors, [-1, width]), position)       # [b, L, D]
         negative_items = tf.gather(tf.reshape(items, [-1]), position)
         valid_negative = valid * tf.cast(tf.not_equal(negative_items, following_items), h.dtype)
-        if self.aux_projection is not None:
-            state = self.aux_projection(state)
+        state = h if self.aux_projection is None else self.aux_projection(h)
         positive_logit = tf.reduce_sum(state * following, axis=-1)
         negative_logit = tf.reduce_sum(state * negative, axis=-1)
         total = -(tf.reduce_sum(valid * tf.math.log_sigmoid(positive_logit))
