@@ -246,15 +246,22 @@ class Recommender(_ServedModels):
             return self._executor
 
 
-    def _build(self, model, sig, user, rows, items=None, skip=()):
+    def _build(self, model, sig, user, rows, items=None, skip=(), encoded=()):
         """Request inputs for a signature: item columns first, then user/context values.
 
+        ``encoded`` names item columns that are already object arrays of ``bytes`` (the item
+        store's encoded string columns): they are sent as they are.
         Returns ``(inputs, missing)``; inputs the user has no value for are sent as unknown
         ("" / NaN / 0) and listed in ``missing`` (or raise with ``strict``).
         """
         out, missing = {}, []
         for name, spec in sig["inputs"].items():
             if name in skip:
+                continue
+            if name in encoded and spec["dtype"] == "string" and spec["shape"] is not None \
+                    and len(spec["shape"]) == 1:
+                out[name] = arr = items[name]
+                _check(model, name, spec, arr, rows)
                 continue
             if items is not None and name in items:
                 values, broadcast = items[name], False
@@ -347,12 +354,12 @@ class Recommender(_ServedModels):
         wire = getattr(self.items, "wire", None)   # string columns already encoded, if kept
 
         def build(sig):
-            columns = items
+            columns, encoded = items, ()
             if wire is not None:                    # used for the string inputs only
-                columns = dict(items)
-                columns.update((n, v) for n, v in wire(ids).items()
-                               if n in sig["inputs"] and sig["inputs"][n]["dtype"] == "string")
-            return self._build(self.ranker, sig, user, len(ids), items=columns)
+                encoded = {n: v for n, v in wire(ids).items()
+                           if n in sig["inputs"] and sig["inputs"][n]["dtype"] == "string"}
+                columns = {**items, **encoded}
+            return self._build(self.ranker, sig, user, len(ids), items=columns, encoded=encoded)
 
         out, sig, missing, build_ms = self._predict(
             "ranker", self.ranker_client, self.ranker, build, deadline, state,
@@ -452,12 +459,14 @@ class Recommender(_ServedModels):
             r_scores = None
         timings["retrieval"] = (time.monotonic() - t) * 1e3
 
-        # seen / blocked items
+        # seen / blocked items; the candidates from here on are a tuple, which the item store
+        # may recognise to look their rows up once for hydration, the request and MMR
         if retrieved:
             kept = [j for j, i in enumerate(ids) if i not in banned][:n_candidates]
-            ids = [ids[j] for j in kept]
+            ids = tuple([ids[j] for j in kept])
             r_scores = r_scores[kept]
         else:  # popularity order stands in for retrieval scores
+            ids = tuple(ids)
             r_scores = 1.0 - np.arange(len(ids), dtype=np.float64) / max(len(ids), 1)
 
         # hydrate, then attribute exclusions (business rules)
@@ -471,7 +480,7 @@ class Recommender(_ServedModels):
                 keep &= rerank.filter_mask(_hashable(hydrated[column]), list(values))
             if not keep.all():
                 idx = np.flatnonzero(keep)
-                ids = [ids[i] for i in idx]
+                ids = tuple([ids[i] for i in idx])
                 r_scores = r_scores[idx]
                 hydrated = {c: np.asarray(v, dtype=object)[idx] if not isinstance(v, np.ndarray)
                             else v[idx] for c, v in hydrated.items()}

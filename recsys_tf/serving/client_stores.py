@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 
 import numpy as np
 
@@ -110,6 +111,7 @@ class InMemoryItemStore(ItemStore):
             [0 if (v is None or v != v) else v for v in pop[:-1]], dtype=np.float64)
         self._popular = [self.ids[i] for i in np.argsort(-weight, kind="stable")]
         self._key_is_int = bool(self.ids) and isinstance(self.ids[0], (int, np.integer))
+        self._last = threading.local()  # per thread: the last tuple of ids and its positions
 
     @property
     def size(self):
@@ -132,19 +134,30 @@ class InMemoryItemStore(ItemStore):
         arr = np.asarray(item_ids)
         if arr.dtype == object and not self._key_is_int:
             try:
-                return [b.decode() for b in arr.tolist()]
-            except AttributeError:
+                return list(map(bytes.decode, arr.tolist()))
+            except TypeError:  # not all bytes (e.g. str already)
                 pass
         if arr.dtype.kind in "iu" and self._key_is_int:
             return arr.tolist()
         return [self.normalise(i) for i in arr.tolist()]
 
     def positions(self, item_ids):
+        """Row of each id in the table (unknown ids: the trailing "unknown" row), read-only.
+
+        A tuple of ids is remembered per thread, so the calls of one request that look up the
+        same candidates (``get``, ``wire``, ``vectors``) find their rows once."""
+        last = getattr(self._last, "ids", None)
+        if last is not None and last[0] is item_ids:    # a tuple cannot have changed since
+            return last[1]
         try:
-            return np.array(list(map(self._pos.__getitem__, item_ids)), dtype=np.int64)
+            idx = np.array(list(map(self._pos.__getitem__, item_ids)), dtype=np.int64)
         except KeyError:  # some unknown ids: they point at the trailing "unknown" slot
             unknown, pos = self._unknown, self._pos
-            return np.array([pos.get(i, unknown) for i in item_ids], dtype=np.int64)
+            idx = np.array([pos.get(i, unknown) for i in item_ids], dtype=np.int64)
+        idx.flags.writeable = False
+        if type(item_ids) is tuple:
+            self._last.ids = (item_ids, idx)
+        return idx
 
     def get(self, item_ids):
         idx = self.positions(item_ids)

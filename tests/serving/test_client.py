@@ -420,6 +420,45 @@ def test_in_memory_item_store_unknown_ids_and_popularity():
         InMemoryItemStore(rows + rows[:1], "id")
 
 
+def test_item_store_looks_a_tuple_of_candidates_up_once_per_thread():
+    import threading
+
+    rows = [{"id": i, "cat": c} for i, c in zip("abcd", "xyxz")]
+    store = InMemoryItemStore(rows, "id", embeddings=np.arange(8.0).reshape(4, 2))
+    lookups = []
+    real = dict(store._pos)
+
+    class Counting(dict):
+        def __getitem__(self, key):
+            lookups.append(key)
+            return real[key]
+
+    store._pos = Counting(real)
+    ids = ("c", "a", "d")
+    first = store.positions(ids)
+    assert first.tolist() == [2, 0, 3] and not first.flags.writeable
+    # the three calls of one request: one lookup per id in all
+    assert store.get(ids)["cat"].tolist() == ["x", "x", "z"]
+    assert store.wire(ids)["id"].tolist() == [b"c", b"a", b"d"]
+    np.testing.assert_array_equal(store.vectors(ids), [[4, 5], [0, 1], [6, 7]])
+    assert lookups == ["c", "a", "d"]
+    # an equal but other tuple, and lists (which can change in place), are looked up again
+    other = tuple(["c", "a", "d"])
+    again = store.positions(other)
+    assert again.tolist() == [2, 0, 3] and again is not first
+    names = ["b", "a"]
+    assert store.positions(names).tolist() == [1, 0]
+    names[0] = "d"
+    assert store.positions(names).tolist() == [3, 0]
+    assert len(lookups) == 3 + 3 + 2 + 2
+    # a list does not replace the thread's last tuple; another thread keeps its own
+    seen = []
+    worker = threading.Thread(target=lambda: seen.append(store.positions(("b",)).tolist()))
+    worker.start()
+    worker.join()
+    assert seen == [[1]] and store.positions(other) is again
+
+
 def test_scann_retrieval_model(server, trained, tiny_synthetic):
     """two_tower_scann (ScaNN ops inside the SavedModel) through the same client; its model
     card's index_k caps what the client asks for."""
