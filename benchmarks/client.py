@@ -11,7 +11,10 @@ Reported per (ranker, mode, concurrency): end-to-end latency p50/p99 (wall clock
 ``recommend``), throughput, and p50/p99 of each stage from ``Result.timings_ms``; at
 concurrency 1 also the client's own overhead per request: building requests from the
 signatures, the TensorProto codec (timed by wrapping ``codec.to_tensor_proto`` /
-``codec.to_ndarray``), hydration and re-ranking.
+``codec.to_ndarray``), hydration and re-ranking. The same overhead is measured once more
+with the server's answers replayed (``replay``: each Predict answered from a response
+recorded from the server, the request still serialised and the response parsed), so that
+the client's own work is timed without a server sharing the two cores and their caches.
 
     python benchmarks/client.py                    # full run (trains the models once, cached)
     python benchmarks/client.py --quick            # a smoke run: small models, few requests
@@ -212,6 +215,53 @@ def run_block(rec, requests, concurrency, kwargs, codec_timer=None):
     return records, time.perf_counter() - t
 
 
+def replay(rec, requests, kwargs, codec_timer, rounds=3):
+    """The client's own work, with the server's answers replayed: each Predict the
+    Recommender makes is answered from a response recorded from the live server (the request
+    still serialised and the response parsed, as gRPC does), so no server shares the CPU or
+    the caches. Per-request records as ``run_block``'s, plus the process CPU time."""
+    from tensorflow_serving.apis import predict_pb2
+
+    stubs = {id(c._predict_stub): c._predict_stub for c in (rec.client, rec.ranker_client)
+             if hasattr(c, "_predict_stub")}
+    real = {k: st.Predict for k, st in stubs.items()}
+    recorded = {}
+
+    def recording(key):
+        def predict(request, timeout=None):
+            response = real[key](request, timeout=timeout)
+            recorded.setdefault(request.model_spec.name, []).append(
+                response.SerializeToString())
+            return response
+        return predict
+
+    position = {}
+
+    def replaying(request, timeout=None):
+        request.SerializeToString()
+        blobs = recorded[request.model_spec.name]
+        i = position.get(request.model_spec.name, 0)
+        position[request.model_spec.name] = (i + 1) % len(blobs)
+        return predict_pb2.PredictResponse.FromString(blobs[i])
+
+    try:
+        for key, st in stubs.items():
+            st.Predict = recording(key)
+        for user, ctx in requests:
+            rec.recommend(user, context=ctx, **kwargs)
+        for st in stubs.values():
+            st.Predict = replaying
+        records, cpu = [], 0.0
+        for _ in range(rounds):
+            cpu0 = time.process_time()
+            records += run_block(rec, requests, 1, kwargs, codec_timer)[0]
+            cpu += time.process_time() - cpu0
+    finally:
+        for key, st in stubs.items():
+            st.Predict = real[key]
+    return records, cpu * 1e3 / len(records)
+
+
 def _pct(values, q):
     return float(np.percentile(values, q)) if len(values) else float("nan")
 
@@ -306,6 +356,14 @@ def main(argv=None):
                         + (f"  overhead p50 {row['overhead_p50_ms']:.2f} ms"
                            if "overhead_p50_ms" in row else "")
                         + (f"  DEGRADED {row['degraded']}" if row["degraded"] else ""))
+        for ranker in rankers:  # the client alone: the server's answers replayed
+            recs_, cpu_ms = replay(recs[(ranker, "grpc")], requests[:200], kwargs, codec_timer)
+            row = {"ranker": ranker, "mode": "replayed", "concurrency": 1,
+                   **summarise(recs_, 1.0), "cpu_ms_per_request": cpu_ms}
+            row.pop("throughput_rps")
+            results.append(row)
+            say(f"{ranker:7s} replayed   c=1   client path p50 {row['e2e_p50_ms']:6.2f} ms, "
+                f"overhead p50 {row['overhead_p50_ms']:.2f} ms, CPU {cpu_ms:.2f} ms/request")
         codec_timer.restore()
         for rec in recs.values():
             rec.close()
@@ -372,6 +430,11 @@ def _checks(results):
                 "overhead_p50_ms": round(r["overhead_p50_ms"], 3),
                 "overhead_p50_ok": r["overhead_p50_ms"] <= TARGETS["overhead_p50_ms"],
                 "degraded": r["degraded"]}
+    for r in results:   # the same parts with the server's answers replayed (no server running)
+        if r["mode"] == "replayed" and r["ranker"] in out:
+            out[r["ranker"]]["overhead_replayed_p50_ms"] = round(r["overhead_p50_ms"], 3)
+            out[r["ranker"]]["client_cpu_ms_per_request_replayed"] = round(
+                r["cpu_ms_per_request"], 3)
     return out
 
 
@@ -384,7 +447,8 @@ def table(results):
                 if "overhead_p50_ms" in r else "-")
         lines.append(
             f"| {r['ranker']} | {r['mode']} | {r['concurrency']} | {r['e2e_p50_ms']:.2f} | "
-            f"{r['e2e_p99_ms']:.2f} | {r['throughput_rps']:.0f} | "
+            f"{r['e2e_p99_ms']:.2f} | "
+            f"{format(r['throughput_rps'], '.0f') if 'throughput_rps' in r else '-'} | "
             f"{r['retrieval_p50_ms']:.2f} / {r['retrieval_p99_ms']:.2f} | "
             f"{r['hydrate_p50_ms']:.2f} | {r['ranking_p50_ms']:.2f} / {r['ranking_p99_ms']:.2f} | "
             f"{r['rerank_p50_ms']:.2f} | {over} |")
@@ -416,17 +480,19 @@ def plot(results, path):
         ax.legend(fontsize=8)
     ax = axes[-1]
     parts = ("codec", "retrieval_build", "ranking_build", "hydrate", "rerank")
-    rows = [by[(rk, "grpc", 1)] for rk in rankers if (rk, "grpc", 1) in by]
+    rows = [by[(rk, mode, 1)] for rk in rankers for mode in ("grpc", "replayed")
+            if (rk, mode, 1) in by]
     bottoms = np.zeros(len(rows))
-    for part in parts:
+    for part, color in zip(parts, plt.rcParams["axes.prop_cycle"].by_key()["color"]):
         vals = np.array([r.get(f"{part}_p50_ms", 0.0) for r in rows])
-        ax.bar(np.arange(len(rows)), vals, 0.5, bottom=bottoms, label=part)
+        ax.bar(np.arange(len(rows)), vals, 0.5, bottom=bottoms, label=part, color=color)
         bottoms += vals
-    labels = [r["ranker"] for r in rows]
+    labels = [f"{r['ranker']}\n{'pipeline' if r['mode'] == 'grpc' else 'replayed'}"
+              for r in rows]
     ax.set_xticks(np.arange(len(rows)), labels)
     ax.axhline(TARGETS["overhead_p50_ms"], color="gray", ls="--", lw=0.8)
     ax.set_ylabel("client overhead p50 (ms), concurrency 1")
-    ax.set_title("client overhead by part (gRPC mode)")
+    ax.set_title("client overhead p50: pipeline vs replayed answers")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
