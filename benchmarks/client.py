@@ -217,32 +217,29 @@ def run_block(rec, requests, concurrency, kwargs, codec_timer=None):
 
 def replay(rec, requests, kwargs, codec_timer, rounds=3):
     """The client's own work, with the server's answers replayed: each Predict the
-    Recommender makes is answered from a response recorded from the live server (the request
-    still serialised and the response parsed, as gRPC does), so no server shares the CPU or
-    the caches. Per-request records as ``run_block``'s, plus the process CPU time."""
+    Recommender makes is answered with the response the live server gave to the same request
+    bytes a moment before (the request still serialised and the response parsed, as gRPC
+    does), so no server shares the CPU or the caches. Per-request records as ``run_block``'s,
+    and the process CPU time per request (ms)."""
     from tensorflow_serving.apis import predict_pb2
 
-    stubs = {id(c._predict_stub): c._predict_stub for c in (rec.client, rec.ranker_client)
-             if hasattr(c, "_predict_stub")}
+    stubs = {id(c._predict_stub): c._predict_stub for c in (rec.client, rec.ranker_client)}
     real = {k: st.Predict for k, st in stubs.items()}
-    recorded = {}
+    recorded, missing = {}, []
 
     def recording(key):
-        def predict(request, timeout=None):
-            response = real[key](request, timeout=timeout)
-            recorded.setdefault(request.model_spec.name, []).append(
-                response.SerializeToString())
+        def predict(request, timeout=None, **kw):
+            response = real[key](request, timeout=timeout, **kw)
+            recorded[request.SerializeToString()] = response.SerializeToString()
             return response
         return predict
 
-    position = {}
-
-    def replaying(request, timeout=None):
-        request.SerializeToString()
-        blobs = recorded[request.model_spec.name]
-        i = position.get(request.model_spec.name, 0)
-        position[request.model_spec.name] = (i + 1) % len(blobs)
-        return predict_pb2.PredictResponse.FromString(blobs[i])
+    def replaying(request, timeout=None, **kw):
+        blob = recorded.get(request.SerializeToString())
+        if blob is None:            # not asked before: the live answer, and the run is void
+            missing.append(request.model_spec.name)
+            return real[next(iter(real))](request, timeout=timeout, **kw)
+        return predict_pb2.PredictResponse.FromString(blob)
 
     try:
         for key, st in stubs.items():
@@ -259,6 +256,10 @@ def replay(rec, requests, kwargs, codec_timer, rounds=3):
     finally:
         for key, st in stubs.items():
             st.Predict = real[key]
+    bad = sum(1 for r in records if r["degraded"])
+    if missing or bad or len(records) != rounds * len(requests):
+        raise RuntimeError(f"replay: {len(missing)} requests not recorded, {bad} degraded "
+                           f"answers, {len(records)} of {rounds * len(requests)} requests")
     return records, cpu * 1e3 / len(records)
 
 
@@ -462,7 +463,7 @@ def plot(results, path):
     import matplotlib.pyplot as plt
 
     rankers = sorted({r["ranker"] for r in results})
-    conc = sorted({r["concurrency"] for r in results})
+    conc = sorted({r["concurrency"] for r in results if r["mode"] != "replayed"})
     fig, axes = plt.subplots(1, len(rankers) + 1, figsize=(5 * (len(rankers) + 1), 4.2))
     by = {(r["ranker"], r["mode"], r["concurrency"]): r for r in results}
     for ax, ranker in zip(axes, rankers):
@@ -479,7 +480,7 @@ def plot(results, path):
         ax.axhline(TARGETS["e2e_p50_ms"], color="gray", ls="--", lw=0.8)
         ax.legend(fontsize=8)
     ax = axes[-1]
-    parts = ("codec", "retrieval_build", "ranking_build", "hydrate", "rerank")
+    parts = ("codec", "retrieval_build", "ranking_build", "hydrate", "rerank", "user")
     rows = [by[(rk, mode, 1)] for rk in rankers for mode in ("grpc", "replayed")
             if (rk, mode, 1) in by]
     bottoms = np.zeros(len(rows))

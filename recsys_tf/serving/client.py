@@ -176,6 +176,9 @@ class Recommender(_ServedModels):
         # a ScaNN export answers at most its index_k items per request
         self.max_retrieval_k = max_retrieval_k or card.get("index_k")
         self.items = item_store or InMemoryItemStore.from_dir(tables, self.item_key)
+        # the in-memory store looks a tuple of candidates up once per request; other stores
+        # get the list the ItemStore interface has always passed
+        self._tuple_ids = isinstance(self.items, InMemoryItemStore)
         self.users = user_store or UserStore.from_dir(tables, self.user_key)
         if ranker_version is not None and ranker_label is not None:
             raise ValueError("give ranker_version or ranker_label, not both")
@@ -249,8 +252,9 @@ class Recommender(_ServedModels):
     def _build(self, model, sig, user, rows, items=None, skip=(), encoded=()):
         """Request inputs for a signature: item columns first, then user/context values.
 
-        ``encoded`` names item columns that are already object arrays of ``bytes`` (the item
-        store's encoded string columns): they are sent as they are.
+        ``encoded`` names item columns taken from the item store's ``wire`` (object arrays of
+        ``bytes``, one per row): for a string input of one value per row they are sent as
+        they are, when they are such arrays; anything else goes through the usual conversion.
         Returns ``(inputs, missing)``; inputs the user has no value for are sent as unknown
         ("" / NaN / 0) and listed in ``missing`` (or raise with ``strict``).
         """
@@ -260,9 +264,11 @@ class Recommender(_ServedModels):
                 continue
             if name in encoded and spec["dtype"] == "string" and spec["shape"] is not None \
                     and len(spec["shape"]) == 1:
-                out[name] = arr = items[name]
-                _check(model, name, spec, arr, rows)
-                continue
+                arr = items[name]
+                if isinstance(arr, np.ndarray) and arr.dtype == object and arr.shape == (rows,):
+                    _check(model, name, spec, arr, rows)
+                    out[name] = arr
+                    continue
             if items is not None and name in items:
                 values, broadcast = items[name], False
             elif name in user:
@@ -459,14 +465,15 @@ class Recommender(_ServedModels):
             r_scores = None
         timings["retrieval"] = (time.monotonic() - t) * 1e3
 
-        # seen / blocked items; the candidates from here on are a tuple, which the item store
-        # may recognise to look their rows up once for hydration, the request and MMR
+        # seen / blocked items; for the in-memory store the candidates from here on are a
+        # tuple, whose rows it then looks up once for hydration, the request and MMR
+        seq = tuple if self._tuple_ids else list
         if retrieved:
             kept = [j for j, i in enumerate(ids) if i not in banned][:n_candidates]
-            ids = tuple([ids[j] for j in kept])
+            ids = seq([ids[j] for j in kept])
             r_scores = r_scores[kept]
         else:  # popularity order stands in for retrieval scores
-            ids = tuple(ids)
+            ids = seq(ids)
             r_scores = 1.0 - np.arange(len(ids), dtype=np.float64) / max(len(ids), 1)
 
         # hydrate, then attribute exclusions (business rules)
@@ -480,7 +487,7 @@ class Recommender(_ServedModels):
                 keep &= rerank.filter_mask(_hashable(hydrated[column]), list(values))
             if not keep.all():
                 idx = np.flatnonzero(keep)
-                ids = tuple([ids[i] for i in idx])
+                ids = seq([ids[i] for i in idx])
                 r_scores = r_scores[idx]
                 hydrated = {c: np.asarray(v, dtype=object)[idx] if not isinstance(v, np.ndarray)
                             else v[idx] for c, v in hydrated.items()}

@@ -42,7 +42,9 @@ class ItemStore:
 
     ``key`` is the id column's name and ``size`` the number of items known (0 when the store
     cannot tell). ``get``, ``popular`` are required; ``vectors`` (item embeddings for MMR)
-    and ``normalise`` have defaults.
+    and ``normalise`` have defaults. A store may also offer ``wire(item_ids)``: its string
+    columns as object arrays of ``bytes``, one per id, which the ranker's request then takes as
+    they are (see :class:`InMemoryItemStore`). ``item_ids`` is a list.
     """
 
     key = None
@@ -117,6 +119,15 @@ class InMemoryItemStore(ItemStore):
     def size(self):
         return len(self.ids)
 
+    def __getstate__(self):         # picklable and copyable: the per-thread memo starts anew
+        state = dict(self.__dict__)
+        del state["_last"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._last = threading.local()
+
     @classmethod
     def from_dir(cls, path, key):
         rows = _read_jsonl(os.path.join(path, "items.jsonl"))
@@ -144,8 +155,8 @@ class InMemoryItemStore(ItemStore):
     def positions(self, item_ids):
         """Row of each id in the table (unknown ids: the trailing "unknown" row), read-only.
 
-        A tuple of ids is remembered per thread, so the calls of one request that look up the
-        same candidates (``get``, ``wire``, ``vectors``) find their rows once."""
+        Each thread remembers the last tuple of ids it looked up, so the calls of one request
+        that pass the same tuple (``get``, ``wire``, ``vectors``) find their rows once."""
         last = getattr(self._last, "ids", None)
         if last is not None and last[0] is item_ids:    # a tuple cannot have changed since
             return last[1]

@@ -457,6 +457,14 @@ def test_item_store_looks_a_tuple_of_candidates_up_once_per_thread():
     worker.start()
     worker.join()
     assert seen == [[1]] and store.positions(other) is again
+    # the memo does not stop the store from being pickled or copied
+    store._pos = real
+    import copy
+    import pickle
+
+    for clone in (pickle.loads(pickle.dumps(store)), copy.deepcopy(store)):
+        assert clone.positions(ids).tolist() == [2, 0, 3]
+        assert clone.get(["d"])["cat"].tolist() == ["z"]
 
 
 def test_scann_retrieval_model(server, trained, tiny_synthetic):
@@ -613,3 +621,45 @@ def test_result_records_the_ranker_version_that_answered(labelled_server, tables
         assert res.models["ranker"] == {"name": "deepfm", "version": None, "label": "stable"}
     finally:
         stand_in.real.close()
+
+
+def test_a_custom_item_store_gets_lists_and_its_wire_columns_are_converted(server, tables,
+                                                                            tiny_synthetic):
+    """A feature store of one's own (the ItemStore interface) sees lists of ids, and a
+    ``wire`` that returns plain lists of str still makes the same ranker request."""
+    from recsys_tf.serving.client import ItemStore
+
+    u, ctx = _user(tiny_synthetic)
+    inner = InMemoryItemStore.from_dir(tables, "item_id")
+    seen_types = set()
+
+    class Delegating(ItemStore):
+        key, size = inner.key, inner.size
+        embeddings, ids = inner.embeddings, inner.ids
+
+        def get(self, item_ids):
+            seen_types.add(type(item_ids))
+            return inner.get(item_ids)
+
+        def vectors(self, item_ids):
+            seen_types.add(type(item_ids))
+            return inner.vectors(item_ids)
+
+        def wire(self, item_ids):
+            seen_types.add(type(item_ids))
+            return {c: [b.decode() for b in v] for c, v in inner.wire(item_ids).items()}
+
+        def popular(self, n, exclude=()):
+            return inner.popular(n, exclude)
+
+        def normalise_many(self, item_ids):
+            return inner.normalise_many(item_ids)
+
+    kw = dict(k=5, context=ctx, diversity=0.3)
+    with Recommender(server, tables, item_store=Delegating()) as custom, \
+            Recommender(server, tables) as builtin:
+        got, want = custom.recommend(u, **kw), builtin.recommend(u, **kw)
+    assert got.degraded is None and seen_types == {list}
+    assert [r.item_id for r in got.items] == [r.item_id for r in want.items]
+    np.testing.assert_allclose([r.ranking_score for r in got.items],
+                               [r.ranking_score for r in want.items], rtol=1e-6)
