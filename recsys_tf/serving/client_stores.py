@@ -44,7 +44,8 @@ class ItemStore:
     cannot tell). ``get``, ``popular`` are required; ``vectors`` (item embeddings for MMR)
     and ``normalise`` have defaults. A store may also offer ``wire(item_ids)``: its string
     columns as object arrays of ``bytes``, one per id, which the ranker's request then takes as
-    they are (see :class:`InMemoryItemStore`). ``item_ids`` is a list.
+    they are (see :class:`InMemoryItemStore`). The ``Recommender`` passes ``item_ids`` as a
+    list (as a tuple to :class:`InMemoryItemStore` and its subclasses).
     """
 
     key = None
