@@ -87,26 +87,27 @@ class CIN(keras.layers.Layer):
     def call(self, x0):
         m, d = x0.shape[1], x0.shape[2]
         dtype = tf.bfloat16 if self.compute_dtype_ == "bfloat16" else x0.dtype
-        # embedding dimension first, [b, D, m]: every step below is then a broadcast or one
-        # matmul over rows (b, D), with no transpose of the large interaction tensor
-        x0 = tf.transpose(tf.cast(x0, dtype), [0, 2, 1])
-        x, pooled = x0, []
+        # embedding dimension first, one row per (example, dimension): x0 [b * D, 1, m]
+        x0 = tf.reshape(tf.transpose(tf.cast(x0, dtype), [0, 2, 1]), [-1, 1, m])
+        x, pooled = tf.reshape(x0, [-1, m]), []
         for k, kernel in enumerate(self.kernels):
-            h = x.shape[2]
-            # outer product along the field axes, per embedding dimension: [b, D, H_{k-1}, m]
-            z = x[:, :, :, None] * x0[:, :, None, :]
-            # 1x1 convolution over the H_{k-1} * m interaction maps: [b, D, H_k]
-            x = tf.reshape(tf.matmul(tf.reshape(z, [-1, h * m]), tf.cast(kernel, dtype)),
-                           [-1, d, kernel.shape[1]])
+            h, n = x.shape[1], kernel.shape[1]
+            # sum_i sum_j W[(i, j), n] x_i x0_j, summed over i first: A[., j, n] = sum_i x_i W
+            # (one matmul), then over j against x0 (a batched row-vector product), so the
+            # [b * D, H_{k-1} * m] outer product of the equation is never built
+            a = tf.reshape(tf.matmul(x, tf.reshape(tf.cast(kernel, dtype), [h, m * n])),
+                           [-1, m, n])
+            x = tf.reshape(tf.matmul(x0, a), [-1, n])                       # [b * D, H_k]
             if self.use_bias:
                 x = x + tf.cast(self.biases[k][:, 0], dtype)
             x = self.activation(x)
             keep, _ = self._split(k)
             if self.split_half and keep:
-                x, direct = x[:, :, :keep], x[:, :, keep:]   # first half on, second half out
+                x, direct = x[:, :keep], x[:, keep:]   # first half on, second half out
             else:
                 direct = x
-            pooled.append(tf.reduce_sum(tf.cast(direct, tf.float32), axis=1))
+            pooled.append(tf.reduce_sum(tf.reshape(tf.cast(direct, tf.float32),
+                                                   [-1, d, direct.shape[1]]), axis=1))
         return tf.concat(pooled, axis=1)
 
     def compute_output_shape(self, input_shape):
