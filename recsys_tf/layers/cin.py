@@ -9,6 +9,8 @@ i.e. the outer product of ``X^{k-1}`` and ``X^0`` along the field axes, taken se
 every embedding dimension (``o`` is the Hadamard product), compressed by a 1x1 convolution
 ``W^k [H_{k-1} * m, H_k]``. Each layer's maps are sum-pooled over the embedding dimension,
 ``p^k_h = sum_d X^k_{h,d}``, and the pooled vectors of all layers are concatenated.
+The layer computes the same sum over ``i`` first (``A_{j,h} = sum_i X^{k-1}_{i,*} W^{k,h}_{ij}``,
+one matmul) and then over ``j`` against ``X^0``, so the outer product is never built.
 
 With ``split_half`` every layer but the last sends half of its maps to the output and the
 other half to the next layer, so layer ``k`` (not last) needs an even size and contributes
@@ -21,8 +23,8 @@ Args:
   use_bias: add a bias per feature map (default False: the paper's equation has none).
   kernel_initializer: initialiser of the 1x1 convolution kernels (default ``"glorot_uniform"``).
   l2: L2 penalty on the kernels (default 0).
-  compute_dtype: ``"float32"`` (default), ``"bfloat16"`` (outer products and compressions in
-    bfloat16, kernels kept float32, pooled output float32) or ``"auto"`` (see
+  compute_dtype: ``"float32"`` (default), ``"bfloat16"`` (the layers' products in bfloat16,
+    kernels kept float32, pooled output float32) or ``"auto"`` (see
     :func:`recsys_tf.layers.mlp.resolve_compute_dtype`).
 
 Inputs: ``[batch, m, D]``. Outputs: ``[batch, output_size]``.
