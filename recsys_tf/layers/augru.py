@@ -284,55 +284,56 @@ class _Config(namedtuple("_Config", "steps units gate_width gated sequences bloc
 _SAVED = ("h", "s", "g", "r", "c", "m_c", "u", "diff")
 
 
-def _when(extent, first, compute, skip):
-    """``compute()``, or ``skip()`` when the group starting at step ``first`` lies wholly in
-    the padding (the first group always runs: its cost is what a condition would save)."""
-    if first == 0 or extent is None:
-        return compute()
-    return tf.cond(extent > first, compute, skip)
-
-
 def _forward(projected, weight, kernel, candidate_bias, extent, cfg):
     """``(states [b, L, H] or h_L, per-step values the backward pass reuses)``."""
-    units, gate_width, gated = cfg.units, cfg.gate_width, cfg.gated
+    units, gate_width = cfg.units, cfg.gate_width
     a_s, a_c = tf.split(projected, [gate_width, units], axis=-1)
     a_s, a_c = tf.unstack(a_s, cfg.steps, axis=1), tf.unstack(a_c, cfg.steps, axis=1)
     w = tf.unstack(weight[..., None], cfg.steps, axis=1)                        # [b, 1] each
     h = tf.zeros_like(projected[:, 0, :units])
-    names = [n for n in _SAVED if gated or n != "g"]
+    names = tuple(n for n in _SAVED if cfg.gated or n != "g")
     saved, states = [], []
     for first, group in cfg.groups():
-        def compute(h=h, group=group):
-            values, hs = [], []
-            for t in group:
-                m_s, m_c = tf.split(tf.matmul(h, kernel), [gate_width, units], axis=-1)
-                s = tf.sigmoid(a_s[t] + m_s)
-                if gated:
-                    g, r = tf.split(s, 2, axis=-1)
-                    u = w[t] * g
-                else:
-                    r, g, u = s, None, w[t]
-                if candidate_bias is not None:
-                    m_c = m_c + candidate_bias
-                c = tf.tanh(a_c[t] + r * m_c)
-                diff = c - h
-                step = dict(h=h, s=s, g=g, r=r, c=c, m_c=m_c, u=u, diff=diff)
-                values.append([step[n] for n in names])
-                h = h + u * diff
-                hs.append(h)
-            return hs, values
-
-        def skip(h=h, group=group):
-            zero, zero_s = tf.zeros_like(h), tf.zeros_like(a_s[0])
-            zero_u = zero if gated else tf.zeros_like(w[0])
-            shapes = dict(s=zero_s, u=zero_u)
-            return [h] * len(group), [[shapes.get(n, zero) for n in names] for _ in group]
-
-        hs, values = _when(extent, first, compute, skip)
+        hs, values = _group(_FORWARD, extent, first, h, [a_s[t] for t in group],
+                            [a_c[t] for t in group], [w[t] for t in group], kernel,
+                            candidate_bias, units, gate_width, names)
         states += hs
         saved += [dict(zip(names, v)) for v in values]
         h = hs[-1]
     return (tf.stack(states, axis=1) if cfg.sequences else h), saved
+
+
+def _forward_steps(h, a_s, a_c, w, kernel, candidate_bias, units, gate_width, names):
+    """The recurrence over one group of steps (``a_s``, ``a_c``, ``w``: the group's steps)
+    from state ``h``: the states after each step and, per step, the values ``names`` the
+    backward pass reuses."""
+    gated = "g" in names
+    values, hs = [], []
+    for a_s_t, a_c_t, w_t in zip(a_s, a_c, w):
+        m_s, m_c = tf.split(tf.matmul(h, kernel), [gate_width, units], axis=-1)
+        s = tf.sigmoid(a_s_t + m_s)
+        if gated:
+            g, r = tf.split(s, 2, axis=-1)
+            u = w_t * g
+        else:
+            r, g, u = s, None, w_t
+        if candidate_bias is not None:
+            m_c = m_c + candidate_bias
+        c = tf.tanh(a_c_t + r * m_c)
+        diff = c - h
+        step = dict(h=h, s=s, g=g, r=r, c=c, m_c=m_c, u=u, diff=diff)
+        values.append([step[n] for n in names])
+        h = h + u * diff
+        hs.append(h)
+    return hs, values
+
+
+def _forward_skipped(h, a_s, a_c, w, kernel, candidate_bias, units, gate_width, names):
+    """:func:`_forward_steps` of a group wholly in the padding: the state stays, the saved
+    values are zeros."""
+    zero = tf.zeros_like(h)
+    like = dict(s=tf.zeros_like(a_s[0]), u=zero if "g" in names else tf.zeros_like(w[0]))
+    return [h] * len(a_s), [[like.get(n, zero) for n in names] for _ in a_s]
 
 
 def _backward(d_states, weight, kernel, saved, with_bias, extent, cfg):
@@ -348,47 +349,9 @@ def _backward(d_states, weight, kernel, saved, with_bias, extent, cfg):
     d_a_s, d_a_c, d_w = [None] * steps, [None] * steps, [None] * steps
     d_kernel, d_bias = [], []
     for first, group in reversed(cfg.groups()):
-        def compute(carry=carry, group=group):
-            out, d_m = {}, {}
-            for t in reversed(group):
-                v = saved[t]
-                dh = carry if d_out[t] is None else d_out[t] + carry
-                d_c = dh * v["u"]                          # h_t = h_{t-1} + u (h~ - h_{t-1})
-                d_u = dh * v["diff"]
-                d_pre_c = d_c * (1.0 - v["c"] * v["c"])    # through tanh
-                d_r = d_pre_c * v["m_c"]
-                if gated:
-                    dw = tf.reduce_sum(d_u * v["g"], axis=-1)
-                    d_s = tf.concat([d_u * w[t], d_r], axis=-1)
-                else:
-                    dw = tf.reduce_sum(d_u, axis=-1)
-                    d_s = d_r
-                das = d_s * (v["s"] * (1.0 - v["s"]))      # through the sigmoids
-                d_m[t] = tf.concat([das, d_pre_c * v["r"]], axis=-1)  # w.r.t. h_{t-1} U (+ b)
-                out[t] = (das, d_pre_c, dw)
-                carry = dh - d_c + tf.matmul(d_m[t], kernel, transpose_b=True)
-            # the products with U of the group's steps at once: sum_t h_{t-1}^T d_m
-            h_prev = tf.concat([saved[t]["h"] for t in group], axis=0)       # [n * b, H]
-            d_ms = tf.concat([d_m[t] for t in group], axis=0)                # [n * b, kH]
-            sums = [tf.matmul(h_prev, d_ms, transpose_a=True)]
-            if with_bias:
-                sums.append(tf.reduce_sum(d_ms[:, gate_width:], axis=0))
-            return carry, [out[t] for t in group], sums
-
-        def skip(carry=carry, group=group):
-            # padded steps keep the state: dL/dh passes through unchanged (plus any d_out)
-            for t in reversed(group):
-                if d_out[t] is not None:
-                    carry = carry + d_out[t]
-            v = saved[group[0]]
-            zero_dw = tf.zeros_like(w[0][:, 0])
-            sums = [tf.zeros_like(kernel)]
-            if with_bias:
-                sums.append(tf.zeros_like(kernel[0, gate_width:]))
-            return carry, [(tf.zeros_like(v["s"]), tf.zeros_like(v["c"]), zero_dw)
-                           for _ in group], sums
-
-        carry, grads, sums = _when(extent, first, compute, skip)
+        carry, grads, sums = _group(_BACKWARD, extent, first, carry,
+                                    [d_out[t] for t in group], [saved[t] for t in group],
+                                    [w[t] for t in group], kernel, with_bias, gate_width, gated)
         for t, (das, dpc, dw) in zip(group, grads):
             d_a_s[t], d_a_c[t], d_w[t] = das, dpc, dw
         d_kernel.append(sums[0])
@@ -399,3 +362,82 @@ def _backward(d_states, weight, kernel, saved, with_bias, extent, cfg):
     if with_bias:
         grads.append(tf.add_n(d_bias))
     return grads
+
+
+def _backward_steps(carry, d_out, saved, w, kernel, with_bias, gate_width, gated):
+    """Back-propagation through one group of steps (``d_out``, ``saved``, ``w``: the group's
+    steps in time order), last step first, from ``carry`` = dL/dh of the group's last state:
+    ``(dL/dh before the group, per step (d pre-sigmoid, d pre-tanh, d w), [d U (, d bias)])``."""
+    out, d_m = [None] * len(saved), [None] * len(saved)
+    for i in reversed(range(len(saved))):
+        v = saved[i]
+        dh = carry if d_out[i] is None else d_out[i] + carry
+        d_c = dh * v["u"]                          # h_t = h_{t-1} + u (h~ - h_{t-1})
+        d_u = dh * v["diff"]
+        d_pre_c = d_c * (1.0 - v["c"] * v["c"])    # through tanh
+        d_r = d_pre_c * v["m_c"]
+        if gated:
+            dw = tf.reduce_sum(d_u * v["g"], axis=-1)
+            d_s = tf.concat([d_u * w[i], d_r], axis=-1)
+        else:
+            dw = tf.reduce_sum(d_u, axis=-1)
+            d_s = d_r
+        das = d_s * (v["s"] * (1.0 - v["s"]))      # through the sigmoids
+        d_m[i] = tf.concat([das, d_pre_c * v["r"]], axis=-1)  # w.r.t. h_{t-1} U (+ b)
+        out[i] = (das, d_pre_c, dw)
+        carry = dh - d_c + tf.matmul(d_m[i], kernel, transpose_b=True)
+    # the products with U of the group's steps at once: sum_t h_{t-1}^T d_m
+    h_prev = tf.concat([v["h"] for v in saved], axis=0)                 # [n * b, H]
+    d_ms = tf.concat(d_m, axis=0)                                        # [n * b, kH]
+    sums = [tf.matmul(h_prev, d_ms, transpose_a=True)]
+    if with_bias:
+        sums.append(tf.reduce_sum(d_ms[:, gate_width:], axis=0))
+    return carry, out, sums
+
+
+def _backward_skipped(carry, d_out, saved, w, kernel, with_bias, gate_width, gated):
+    """:func:`_backward_steps` of a group wholly in the padding: padded steps keep the state,
+    so dL/dh passes through unchanged (plus any ``d_out``); every other gradient is 0."""
+    for d in reversed(d_out):
+        if d is not None:
+            carry = carry + d
+    v = saved[0]
+    sums = [tf.zeros_like(kernel)]
+    if with_bias:
+        sums.append(tf.zeros_like(kernel[0, gate_width:]))
+    return carry, [(tf.zeros_like(v["s"]), tf.zeros_like(v["c"]), tf.zeros_like(w[0][:, 0]))
+                   for _ in saved], sums
+
+
+def _conditional(run, skip):
+    """``group(extent, first, *args)``: ``run(*args)``, or ``skip(*args)`` when the group
+    starting at step ``first`` lies wholly in the padding (``extent <= first``)."""
+    def group(extent, first, *args):
+        return tf.cond(extent > first, lambda: run(*args), lambda: skip(*args))
+
+    group.run = run
+    return group
+
+
+_FORWARD = _conditional(_forward_steps, _forward_skipped)
+_BACKWARD = _conditional(_backward_steps, _backward_skipped)
+_TRACED = {}
+
+
+def _group(conditional, extent, first, *args):
+    """One group of steps of the forward or backward pass (``conditional``: ``_FORWARD`` or
+    ``_BACKWARD``). The first group always runs (its cost is what a condition would save),
+    as does every group when there is no ``extent``. While a graph is being built the others
+    call one ``tf.function`` of ``conditional``, traced once per signature, with ``first`` as
+    a tensor: a recurrence then adds a call per group instead of a condition and a copy of
+    the group's ops each, which takes seconds off building a DIEN training graph (the calls
+    are inlined when the graph is optimised, so the same kernels run)."""
+    if first == 0 or extent is None:
+        return conditional.run(*args)
+    if tf.executing_eagerly():
+        return conditional(extent, first, *args)
+    fn = _TRACED.get(conditional)
+    if fn is None:
+        fn = _TRACED[conditional] = tf.function(conditional, autograph=False,
+                                                reduce_retracing=True)
+    return fn(extent, tf.constant(first, tf.int32), *args)
