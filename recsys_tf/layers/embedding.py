@@ -47,6 +47,8 @@ Example::
 """
 from __future__ import annotations
 
+import numpy as np
+
 from recsys_tf.backend import keras, tf
 from recsys_tf.features import Categorical, FeatureSet, Numeric, Sequence
 
@@ -150,7 +152,11 @@ class FeatureEmbedding(keras.layers.Layer):
         if c.hash_buckets is not None:
             return keras.layers.Hashing(num_bins=c.hash_buckets, name=f"hash_{c.table}")
         cls = keras.layers.StringLookup if c.dtype == "string" else keras.layers.IntegerLookup
-        return cls(vocabulary=list(c.vocabulary), num_oov_indices=c.num_oov, mask_token=None,
+        # an array, not a list: Keras wraps a list attribute in a tracked ListWrapper and walks
+        # every element of it whenever it collects the model's layers or weights (tens of
+        # thousands of ids: ~10 ms a walk, dozens of walks before the first training step)
+        vocabulary = np.asarray(c.vocabulary, dtype=object if c.dtype == "string" else np.int64)
+        return cls(vocabulary=vocabulary, num_oov_indices=c.num_oov, mask_token=None,
                    name=f"lookup_{c.table}")
 
     def table_dim(self, table: str) -> int:
