@@ -29,6 +29,12 @@ What is measured:
   the sweep (``--sweep``, ``results/dien.sweep.json``): at 1e-3 DIEN needs more than three
   epochs. One run per seed (``--seeds``); the table shows the mean and, with several seeds,
   half the spread (max - min) as ``±``.
+* **Sequence headroom** on ``synthetic``: how much of the oracle's AUC the click model's
+  sequence terms carry. The oracle's logit with the hidden current-interest term removed,
+  with that term replaced by its best guess from the last clicked category (the estimate
+  fitted on the training impressions), and with both history terms removed: the gaps bound
+  what modelling the order of the history (DIEN's GRU, over DIN's attention and DeepFM's
+  pooling) can add on this set.
 * **Training speed** against DeepCTR 0.9.4's ``DIEN`` (``gru_type="AUGRU"``,
   ``use_negsampling=True``) on the same ``amazon-beauty`` rows: ``--deepctr-python`` names the
   interpreter of a virtual environment holding DeepCTR (it needs TensorFlow <= 2.12, so not
@@ -36,9 +42,9 @@ What is measured:
   ``benchmarks/deepctr_dien_runner.py`` with it. Same embedding size (16), history (20),
   attention MLP (80, 40, sigmoid), final MLP (200, 80), batch 256, one epoch, Adam 3e-3. Ours
   is one epoch of a fresh ``dien`` through ``train_ranker``. Both clocks cover the ``fit``
-  call, graph building included. The two run back to back, alternately, ``--pairs`` times;
-  the ratio is taken from the medians. Examples per CPU-second (the process's CPU time over
-  the same call) are reported too: the machine is shared with other work, which moves wall
+  call, graph building included. The two run back to back, alternately, ``--pairs`` times
+  (default 3); the ratio is taken from the medians. Examples per CPU-second (the process's
+  CPU time over the same call) are reported too: the machine is shared with other work, which moves wall
   time far more than CPU time.
 
 Setting up DeepCTR's environment (once)::
@@ -106,7 +112,7 @@ def parse_args(argv=None):
     p.add_argument("--deepctr-python", default=None,
                    help="python of a venv with deepctr 0.9.4 + tensorflow 2.12 (see above)")
     p.add_argument("--pairs", type=int, default=None,
-                   help="ours/DeepCTR throughput pairs (default 2, quick 1)")
+                   help="ours/DeepCTR throughput pairs (default 3, quick 1)")
     p.add_argument("--sweep", action="store_true",
                    help="run the validation sweep (dien.sweep.json) instead of the benchmark")
     p.add_argument("--out", default=None, help="default benchmarks/results/dien.json "
@@ -208,6 +214,41 @@ def summarise(runs):
                 entry[key + "_spread"] = float(np.max(values) - np.min(values))
         out[variant] = entry
     return out
+
+
+def sequence_headroom(options):
+    """Test AUCs of the synthetic click model's own logit with its sequence terms taken out
+    (see the module docstring); ``options``: the ``synthetic.load`` arguments used."""
+    from recsys_tf import metrics
+    from recsys_tf.data import synthetic
+
+    args = {k: v for k, v in options.items() if k != "valid_fraction"}
+    sim = synthetic.generate(**args)
+    log, coef = sim["log"], sim["coef"]
+    n_test = args.get("n_test", 15000)
+    last_category = np.array([next((c for c in reversed(h) if c), "")
+                              for h in log["history_category"]], dtype=object)
+    current = (log["category"] == log["interest"]).to_numpy()
+    after_last = last_category == log["category"].to_numpy()
+    fraction = np.array([sum(c == cat for c in h) / max(1, sum(1 for c in h if c))
+                         for h, cat in zip(log["history_category"], log["category"])])
+    train = np.arange(len(log)) < len(log) - n_test
+    guess = np.where(after_last, current[train & after_last].mean(),
+                     current[train & ~after_last].mean())
+    p = log["p_click"].to_numpy()
+    logit = np.log(p) - np.log1p(-p)
+    test, y = ~train, log["label"].to_numpy()
+
+    def auc(z):
+        return round(float(metrics.auc(y[test], z[test])), 4)
+
+    return {"oracle": auc(logit),
+            "interest_term_guessed_from_last_click": auc(logit + coef["b"] * (guess - current)),
+            "without_interest_term": auc(logit - coef["b"] * current),
+            "without_both_history_terms": auc(logit - coef["b"] * current - coef["c"] * fraction),
+            "p_interest_given_last_click_same_category":
+                round(float(current[train & after_last].mean()), 3),
+            "p_interest_otherwise": round(float(current[train & ~after_last].mean()), 3)}
 
 
 # -- DeepCTR ---------------------------------------------------------------------------------
@@ -389,6 +430,13 @@ def table(results):
         if "oracle_auc" in next(iter(res["summary"].values()), {}):
             oracle = next(iter(res["summary"].values()))["oracle_auc"]
             lines.append(f"| {name} | oracle (true p_click) | {oracle:.4f} | - | - | - | - |")
+        for key, label in (("interest_term_guessed_from_last_click",
+                            "oracle, hidden interest guessed from the last click"),
+                           ("without_interest_term", "oracle without the interest term"),
+                           ("without_both_history_terms", "oracle without both history terms")):
+            if key in res.get("sequence_headroom", {}):
+                lines.append(f"| {name} | {label} | {res['sequence_headroom'][key]:.4f} | "
+                             "- | - | - | - |")
     tp = results.get("throughput")
     if tp:
         s = tp["summary"]
@@ -474,7 +522,7 @@ def main(argv=None):
         return 0
     args.out = args.out or os.path.join(HERE, "results", "dien.json")
     seeds = args.seeds or ([0] if args.quick else [0, 1])
-    pairs = args.pairs or (1 if args.quick else 2)
+    pairs = args.pairs or (1 if args.quick else 3)
     started = time.perf_counter()
     from recsys_tf.backend import tf
 
@@ -484,7 +532,7 @@ def main(argv=None):
                      "optimizer": f"Adam({LEARNING_RATE}) (train_ranker's 'adam': Keras' "
                                   "Adam's updates, fused; every model)",
                      "trainer": "train_ranker (its other defaults: DeepFM takes encoded "
-                                "inputs and 16 steps per execution; DIN/DIEN raw inputs, 1; "
+                                "inputs, DIN/DIEN raw inputs; 16 steps per execution; "
                                 "DIEN's batches sorted by history length in windows of 20 "
                                 "batches, each cut after its longest history)",
                      "variants": {v: LABELS[v] for v in args.variants}},
@@ -512,6 +560,8 @@ def main(argv=None):
             "n_valid": 0 if ds.valid is None else len(ds.valid),
             "info": {k: v for k, v in ds.info.items() if not isinstance(v, dict)},
             "runs": runs, "summary": summarise(runs)}
+        if name == "synthetic":
+            results["datasets"][name]["sequence_headroom"] = sequence_headroom(options)
         if name == "amazon-beauty" and args.deepctr_python:
             with tempfile.TemporaryDirectory() as workdir:
                 results["throughput"] = throughput(ds, args, pairs, workdir)
