@@ -54,7 +54,7 @@ Setting up DeepCTR's environment (once)::
 
 Usage::
 
-    python benchmarks/dien.py --deepctr-python /tmp/deepctr212/bin/python   # 16-20 min, 2 cores
+    python benchmarks/dien.py --deepctr-python /tmp/deepctr212/bin/python   # 10-12 min, 2 cores
     python benchmarks/dien.py --quick --deepctr-python /tmp/deepctr212/bin/python   # ~5 min
 
 ``--sweep`` runs the validation sweep instead (about 45 min): DIN and DIEN variants on
@@ -478,6 +478,10 @@ def plot(results, path):
             ax.axhline(summary[variants[0]]["oracle_auc"], color="grey", ls="--", lw=1,
                        label="oracle AUC")
             high = max(high, summary[variants[0]]["oracle_auc"])
+        headroom = results["datasets"][name].get("sequence_headroom", {})
+        if "without_interest_term" in headroom:
+            ax.axhline(headroom["without_interest_term"], color="grey", ls=":", lw=1,
+                       label="oracle without the interest term")
         ax.set_ylim(low - 0.03, high + 0.04)
         ax.set_xticks(x)
         ax.set_xticklabels(variants, rotation=15)
