@@ -216,16 +216,15 @@ def summarise(runs):
     return out
 
 
-def sequence_headroom(options):
+def sequence_headroom(options, n_test):
     """Test AUCs of the synthetic click model's own logit with its sequence terms taken out
-    (see the module docstring); ``options``: the ``synthetic.load`` arguments used."""
+    (see the module docstring); ``options``: the ``synthetic.load`` arguments used, ``n_test``:
+    the size of its test split (the last impressions of the log)."""
     from recsys_tf import metrics
     from recsys_tf.data import synthetic
 
-    args = {k: v for k, v in options.items() if k != "valid_fraction"}
-    sim = synthetic.generate(**args)
+    sim = synthetic.generate(**options)
     log, coef = sim["log"], sim["coef"]
-    n_test = args.get("n_test", 15000)
     last_category = np.array([next((c for c in reversed(h) if c), "")
                               for h in log["history_category"]], dtype=object)
     current = (log["category"] == log["interest"]).to_numpy()
@@ -565,7 +564,7 @@ def main(argv=None):
             "info": {k: v for k, v in ds.info.items() if not isinstance(v, dict)},
             "runs": runs, "summary": summarise(runs)}
         if name == "synthetic":
-            results["datasets"][name]["sequence_headroom"] = sequence_headroom(options)
+            results["datasets"][name]["sequence_headroom"] = sequence_headroom(options, len(ds.test))
         if name == "amazon-beauty" and args.deepctr_python:
             with tempfile.TemporaryDirectory() as workdir:
                 results["throughput"] = throughput(ds, args, pairs, workdir)
