@@ -90,13 +90,15 @@ def cmd_data(args):
 # -- train ---------------------------------------------------------------------------------
 def train(model_name, ds, epochs=None, batch_size=None, export_dir=None, learning_rate=None,
           verbose=None, options=None, export_name=None, scann=True, scann_recall=0.95,
-          scann_index_k=None):
+          scann_index_k=None, embedding_lr_multiplier=None):
     """Trains ``model_name`` on ``ds``, evaluates it, optionally exports; returns the metrics.
 
     ``two_tower`` exports twice: ``<export_dir>/two_tower`` (brute force, stock ops) and, when
     ``scann`` and ScaNN is installed, ``<export_dir>/two_tower_scann`` (a ScaNN index tuned to
     ``scann_recall`` recall@10 against exact search; requests may ask for up to
-    ``scann_index_k`` items, default ``min(n_items, 1000)``).
+    ``scann_index_k`` items, default ``min(n_items, 1000)``). ``embedding_lr_multiplier``: the
+    rankers' embedding tables learn at this multiple of ``learning_rate`` (default: the
+    trainer's, :data:`recsys_tf.training.EMBEDDING_LR_MULTIPLIER`).
     """
     from recsys_tf import export, models, training
 
@@ -111,8 +113,11 @@ def train(model_name, ds, epochs=None, batch_size=None, export_dir=None, learnin
         n_train, n_test = len(ds.retrieval_train), len(ds.retrieval_test)
     else:
         model = cls(fs, **options)
+        multiplier = (training.EMBEDDING_LR_MULTIPLIER if embedding_lr_multiplier is None
+                      else embedding_lr_multiplier)
         fit = training.train_ranker(model, ds, epochs=epochs or 2, batch_size=batch_size or 256,
-                                    learning_rate=learning_rate or 1e-3, verbose=verbose)
+                                    learning_rate=learning_rate or 1e-3, verbose=verbose,
+                                    embedding_lr_multiplier=multiplier)
         scores = training.evaluate_ranker(model, ds)
         n_train, n_test = len(ds.train), len(ds.test)
     result = {"model": model_name, "dataset": ds.name, "n_train": n_train, "n_test": n_test,
@@ -164,13 +169,18 @@ def cmd_train(args):
     except NotImplementedError as e:
         _say(f"error: {e}")
         return 2
+    multiplier = args.embedding_lr_multiplier
+    if multiplier is not None and not multiplier > 0:
+        _say(f"error: --embedding-lr-multiplier {multiplier:g}: expected a number > 0")
+        return 2
     ds = _load_data(args)
     _say(f"training {args.model} on {ds.name}: {len(ds.train):,} training rows")
     result, _ = train(args.model, ds, epochs=args.epochs, batch_size=args.batch_size,
                       export_dir=args.export_dir, learning_rate=args.learning_rate,
                       options=_parse_options(args.model_option, "--model-option"),
                       scann=not args.no_scann, scann_recall=args.scann_recall,
-                      scann_index_k=args.scann_index_k)
+                      scann_index_k=args.scann_index_k,
+                      embedding_lr_multiplier=args.embedding_lr_multiplier)
     text = json.dumps(result, indent=2)
     print(text)
     if args.metrics_out:
@@ -411,6 +421,9 @@ def build_parser():
     s.add_argument("--batch-size", type=int, default=None, help="default 256")
     s.add_argument("--learning-rate", type=float, default=None,
                    help="default: 0.1 (Adagrad) for two_tower, 1e-3 (Adam) for rankers")
+    s.add_argument("--embedding-lr-multiplier", type=float, default=None, metavar="X",
+                   help="rankers: the embedding tables learn at X times the learning rate "
+                   "(default 3 for Wide&Deep, DeepFM, xDeepFM and DCN-v2; DIN/DIEN ignore it)")
     s.add_argument("--export-dir", default=None, help="export root, e.g. saved_models")
     s.add_argument("--metrics-out", default=None, metavar="FILE.json")
     s.add_argument("--model-option", action="append", metavar="KEY=VALUE",

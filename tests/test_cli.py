@@ -27,7 +27,7 @@ def test_train_ranker_writes_contract_metrics(tmp_path):
     # a second export takes the next version, never overwriting the first
     assert main(["train", "deepfm", "--data", "synthetic", *TINY_OPTS, "--epochs", "1",
                  "--model-option", "dim=4", "--model-option", "dnn_units=[8]",
-                 "--export-dir", str(tmp_path / "sm")]) == 0
+                 "--embedding-lr-multiplier", "1.5", "--export-dir", str(tmp_path / "sm")]) == 0
     assert (tmp_path / "sm" / "deepfm" / "2" / "saved_model.pb").exists()
     config = model_config_text(str(tmp_path / "sm"))
     assert 'name: "deepfm"' in config and "model_platform" in config
@@ -42,9 +42,26 @@ def test_train_two_tower_writes_retrieval_metrics(tmp_path):
         assert key in m, key
 
 
+def test_train_passes_the_embedding_lr_multiplier(monkeypatch):
+    from recsys_tf import cli, data, training
+
+    seen = []
+    real = training.train_ranker
+    monkeypatch.setattr(training, "train_ranker",
+                        lambda *a, **k: seen.append(k["embedding_lr_multiplier"]) or real(*a, **k))
+    ds = data.load("synthetic", n_users=40, n_items=30, n_train=600, n_test=200)
+    _, model = cli.train("deepfm", ds, epochs=1, verbose=0, options={"dim": 4, "dnn_units": [8]},
+                         embedding_lr_multiplier=1.5)
+    assert model.optimizer.sparse_multiplier == 1.5
+    cli.train("deepfm", ds, epochs=1, verbose=0, options={"dim": 4, "dnn_units": [8]})
+    assert seen == [1.5, training.EMBEDDING_LR_MULTIPLIER]
+
+
 def test_unknown_model_and_dataset_are_clear_errors(capsys):
     assert main(["train", "nope", "--data", "synthetic"]) == 2
     assert "unknown model 'nope'" in capsys.readouterr().out
+    assert main(["train", "deepfm", "--data", "synthetic", "--embedding-lr-multiplier", "0"]) == 2
+    assert "--embedding-lr-multiplier 0: expected a number > 0" in capsys.readouterr().out
     with pytest.raises(ValueError, match="unknown dataset 'nope'"):
         main(["train", "deepfm", "--data", "nope"])
     with pytest.raises(SystemExit, match="expected KEY=VALUE"):

@@ -89,6 +89,33 @@ def test_lazy_adam_moves_only_the_rows_it_saw():
     assert ref_table.numpy()[3, 0] < got[3, 0]
 
 
+def test_lazy_adam_sparse_multiplier_scales_only_the_table_rows():
+    """Rows step as LazyAdam at ``lr * multiplier`` would move them, dense weights as at
+    ``lr``; the multiplier survives ``get_config``."""
+    ids = ([0, 2, 2], [2, 3])
+    results = {}
+    for key, lr, mult in (("scaled", 0.01, 4.0), ("table_ref", 0.04, 1.0), ("dense_ref", 0.01, 1.0)):
+        opt = training.LazyAdam(lr, sparse_multiplier=mult)
+        table = tf.Variable(np.arange(10, dtype=np.float32).reshape(5, 2) / 10)
+        dense = tf.Variable(np.array([0.5, -1.0, 2.0], np.float32))
+        for batch in ids:
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(tf.gather(table, batch) ** 2) + tf.reduce_sum(dense ** 3)
+            opt.apply_gradients(zip(tape.gradient(loss, [table, dense]), [table, dense]))
+        results[key] = (table.numpy(), dense.numpy())
+    np.testing.assert_allclose(results["scaled"][0], results["table_ref"][0], rtol=1e-6)
+    np.testing.assert_allclose(results["scaled"][1], results["dense_ref"][1], rtol=1e-6)
+    assert not np.allclose(results["scaled"][0], results["dense_ref"][0])
+    config = training.LazyAdam(0.01, sparse_multiplier=4.0).get_config()
+    assert training.LazyAdam.from_config(config).sparse_multiplier == 4.0
+    with pytest.raises(ValueError, match="sparse_multiplier=0"):
+        training.LazyAdam(0.01, sparse_multiplier=0)
+    made = training.ranker_optimizer(None, 1e-3, "lazy_adam", embedding_lr_multiplier=2.5)
+    assert made.sparse_multiplier == 2.5
+    assert training.ranker_optimizer(None, 1e-3).sparse_multiplier == \
+        training.EMBEDDING_LR_MULTIPLIER
+
+
 def test_fused_adam_makes_keras_adams_updates():
     """Dense gradients, and sparse ones with repeated and with absent rows."""
     rng = np.random.default_rng(0)
@@ -184,6 +211,7 @@ def test_train_ranker_defaults(tiny_synthetic):
     wd = WideDeep(tiny_synthetic.feature_set, dim=4, dnn_units=(8,))
     training.train_ranker(wd, tiny_synthetic, epochs=1, batch_size=256, verbose=0)
     assert [type(o).__name__ for o in wd.optimizer] == ["Ftrl", "LazyAdam"]
+    assert wd.optimizer[1].sparse_multiplier == training.EMBEDDING_LR_MULTIPLIER
 
 
 def test_wide_part_packs_the_per_feature_inputs():
