@@ -179,8 +179,7 @@ def cmd_train(args):
                       export_dir=args.export_dir, learning_rate=args.learning_rate,
                       options=_parse_options(args.model_option, "--model-option"),
                       scann=not args.no_scann, scann_recall=args.scann_recall,
-                      scann_index_k=args.scann_index_k,
-                      embedding_lr_multiplier=args.embedding_lr_multiplier)
+                      scann_index_k=args.scann_index_k, embedding_lr_multiplier=multiplier)
     text = json.dumps(result, indent=2)
     print(text)
     if args.metrics_out:
