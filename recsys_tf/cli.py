@@ -107,17 +107,19 @@ def train(model_name, ds, epochs=None, batch_size=None, export_dir=None, learnin
     fs = ds.feature_set
     if model_name == "two_tower":
         model = cls(fs, **options)
-        fit = training.train_retrieval(model, ds, epochs=epochs or 3, batch_size=batch_size or 256,
-                                       learning_rate=learning_rate or 0.1, verbose=verbose)
+        hparams = {"epochs": epochs or 3, "batch_size": batch_size or 256,
+                   "learning_rate": learning_rate or 0.1}
+        fit = training.train_retrieval(model, ds, verbose=verbose, **hparams)
         scores = training.evaluate_retrieval(model, ds)
         n_train, n_test = len(ds.retrieval_train), len(ds.retrieval_test)
     else:
         model = cls(fs, **options)
-        multiplier = (training.EMBEDDING_LR_MULTIPLIER if embedding_lr_multiplier is None
-                      else embedding_lr_multiplier)
-        fit = training.train_ranker(model, ds, epochs=epochs or 2, batch_size=batch_size or 256,
-                                    learning_rate=learning_rate or 1e-3, verbose=verbose,
-                                    embedding_lr_multiplier=multiplier)
+        hparams = {"epochs": epochs or 2, "batch_size": batch_size or 256,
+                   "learning_rate": learning_rate or 1e-3,
+                   "embedding_lr_multiplier": (training.EMBEDDING_LR_MULTIPLIER
+                                               if embedding_lr_multiplier is None
+                                               else embedding_lr_multiplier)}
+        fit = training.train_ranker(model, ds, verbose=verbose, **hparams)
         scores = training.evaluate_ranker(model, ds)
         n_train, n_test = len(ds.train), len(ds.test)
     result = {"model": model_name, "dataset": ds.name, "n_train": n_train, "n_test": n_test,
@@ -127,7 +129,8 @@ def train(model_name, ds, epochs=None, batch_size=None, export_dir=None, learnin
     if "oracle_auc" in scores:
         result["gap_to_oracle_auc"] = float(scores["oracle_auc"] - scores["auc"])
     if export_dir:
-        card = {"dataset": ds.name, "metrics": result, "data_info": ds.info}
+        card = {"dataset": ds.name, "metrics": result, "data_info": ds.info,
+                "training": hparams}
         name = export_name or model_name
         if model_name == "two_tower":
             path = export.export_retrieval(model, ds, export_dir, name=name, card=card)

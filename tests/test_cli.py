@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from recsys_tf.cli import main, model_config_text
+from recsys_tf.export import read_model_card
 
 TINY_OPTS = ["--data-option", "n_users=40", "--data-option", "n_items=30",
              "--data-option", "n_train=1500", "--data-option", "n_test=300"]
@@ -24,11 +25,16 @@ def test_train_ranker_writes_contract_metrics(tmp_path):
     assert m["model"] == "deepfm" and m["dataset"] == "synthetic"
     assert 0.0 <= m["auc"] <= 1.0 and m["logloss"] > 0
     assert (tmp_path / "sm" / "deepfm" / "1" / "saved_model.pb").exists()
+    card = read_model_card(str(tmp_path / "sm" / "deepfm" / "1"))
+    assert card["training"] == {"epochs": 1, "batch_size": 128, "learning_rate": 1e-3,
+                                "embedding_lr_multiplier": 3.0}
     # a second export takes the next version, never overwriting the first
     assert main(["train", "deepfm", "--data", "synthetic", *TINY_OPTS, "--epochs", "1",
                  "--model-option", "dim=4", "--model-option", "dnn_units=[8]",
                  "--embedding-lr-multiplier", "1.5", "--export-dir", str(tmp_path / "sm")]) == 0
     assert (tmp_path / "sm" / "deepfm" / "2" / "saved_model.pb").exists()
+    assert read_model_card(str(tmp_path / "sm" / "deepfm" / "2"))["training"][
+        "embedding_lr_multiplier"] == 1.5
     config = model_config_text(str(tmp_path / "sm"))
     assert 'name: "deepfm"' in config and "model_platform" in config
 
