@@ -120,6 +120,10 @@ def train(model_name, ds, epochs=None, batch_size=None, export_dir=None, learnin
                                                if embedding_lr_multiplier is None
                                                else embedding_lr_multiplier)}
         fit = training.train_ranker(model, ds, verbose=verbose, **hparams)
+        compiled = model.optimizer if isinstance(model.optimizer, (list, tuple)) else [
+            model.optimizer]
+        if not any(hasattr(o, "sparse_multiplier") for o in compiled):
+            del hparams["embedding_lr_multiplier"]   # DIN/DIEN train with Adam: not applied
         scores = training.evaluate_ranker(model, ds)
         n_train, n_test = len(ds.train), len(ds.test)
     result = {"model": model_name, "dataset": ds.name, "n_train": n_train, "n_test": n_test,
@@ -425,7 +429,8 @@ def build_parser():
                    help="default: 0.1 (Adagrad) for two_tower, 1e-3 (Adam) for rankers")
     s.add_argument("--embedding-lr-multiplier", type=float, default=None, metavar="X",
                    help="rankers: the embedding tables learn at X times the learning rate "
-                   "(default 3 for Wide&Deep, DeepFM, xDeepFM and DCN-v2; DIN/DIEN ignore it)")
+                   "(default 3 for Wide&Deep, DeepFM, xDeepFM and DCN-v2; the other models "
+                   "ignore it)")
     s.add_argument("--export-dir", default=None, help="export root, e.g. saved_models")
     s.add_argument("--metrics-out", default=None, metavar="FILE.json")
     s.add_argument("--model-option", action="append", metavar="KEY=VALUE",
