@@ -14,7 +14,10 @@ signatures, the TensorProto codec (timed by wrapping ``codec.to_tensor_proto`` /
 ``codec.to_ndarray``), hydration and re-ranking. The same overhead is measured once more
 with the server's answers replayed (``replay``: each Predict answered from a response
 recorded from the server, the request still serialised and the response parsed), so that
-the client's own work is timed without a server sharing the two cores and their caches.
+the client's own work is timed without a server sharing the two cores and their caches;
+and once more with each replayed answer given after a sleep as long as a Predict's wait
+(``--pause-ms``), no server running, which separates what waiting itself costs the work
+that follows it from what the server's presence costs.
 
     python benchmarks/client.py                    # full run (trains the models once, cached)
     python benchmarks/client.py --quick            # a smoke run: small models, few requests
@@ -215,12 +218,17 @@ def run_block(rec, requests, concurrency, kwargs, codec_timer=None):
     return records, time.perf_counter() - t
 
 
-def replay(rec, requests, kwargs, codec_timer, rounds=3):
+def replay(rec, requests, kwargs, codec_timer, rounds=3, pause_ms=0.0):
     """The client's own work, with the server's answers replayed: each Predict the
     Recommender makes is answered with the response the live server gave to the same request
     bytes a moment before (the request still serialised and the response parsed, as gRPC
-    does), so no server shares the CPU or the caches. Per-request records as ``run_block``'s,
-    and the process CPU time per request (ms)."""
+    does), so no server shares the CPU or the caches.
+
+    Two ways, alternating round by round: answered at once (``0``), and answered after the
+    thread has slept ``pause_ms`` (as it sleeps through a real Predict, with no server
+    working meanwhile), which shows what waiting alone does to the client's work after it.
+    Returns ``{pause in ms: (per-request records as run_block's, process CPU ms per
+    request)}``."""
     from tensorflow_serving.apis import predict_pb2
 
     stubs = {id(c._predict_stub): c._predict_stub for c in (rec.client, rec.ranker_client)}
@@ -234,11 +242,15 @@ def replay(rec, requests, kwargs, codec_timer, rounds=3):
             return response
         return predict
 
+    pause = [0.0]
+
     def replaying(request, timeout=None, **kw):
         blob = recorded.get(request.SerializeToString())
         if blob is None:            # not asked before: the live answer, and the run is void
             missing.append(request.model_spec.name)
             return real[next(iter(real))](request, timeout=timeout, **kw)
+        if pause[0]:
+            time.sleep(pause[0])
         return predict_pb2.PredictResponse.FromString(blob)
 
     try:
@@ -248,19 +260,23 @@ def replay(rec, requests, kwargs, codec_timer, rounds=3):
             rec.recommend(user, context=ctx, **kwargs)
         for st in stubs.values():
             st.Predict = replaying
-        records, cpu = [], 0.0
-        for _ in range(rounds):
-            cpu0 = time.process_time()
-            records += run_block(rec, requests, 1, kwargs, codec_timer)[0]
-            cpu += time.process_time() - cpu0
+        pauses = (0.0, float(pause_ms)) if pause_ms else (0.0,)
+        out = {p: ([], 0.0) for p in pauses}
+        for r in range(rounds):
+            for p in pauses if r % 2 == 0 else pauses[::-1]:
+                pause[0] = p / 1e3
+                cpu0 = time.process_time()
+                records = run_block(rec, requests, 1, kwargs, codec_timer)[0]
+                out[p] = (out[p][0] + records, out[p][1] + time.process_time() - cpu0)
     finally:
         for key, st in stubs.items():
             st.Predict = real[key]
-    bad = sum(1 for r in records if r["degraded"])
-    if missing or bad or len(records) != rounds * len(requests):
-        raise RuntimeError(f"replay: {len(missing)} requests not recorded, {bad} degraded "
-                           f"answers, {len(records)} of {rounds * len(requests)} requests")
-    return records, cpu * 1e3 / len(records)
+    for p, (records, cpu) in out.items():
+        bad = sum(1 for r in records if r["degraded"])
+        if missing or bad or len(records) != rounds * len(requests):
+            raise RuntimeError(f"replay: {len(missing)} requests not recorded, {bad} degraded "
+                               f"answers, {len(records)} of {rounds * len(requests)} requests")
+    return {p: (records, cpu * 1e3 / len(records)) for p, (records, cpu) in out.items()}
 
 
 def _pct(values, q):
@@ -296,6 +312,9 @@ def main(argv=None):
     p.add_argument("--rankers", default="dcn_v2,deepfm")
     p.add_argument("--retrieval", default="two_tower",
                    help="retrieval model: two_tower (brute force) or two_tower_scann")
+    p.add_argument("--pause-ms", type=float, default=4.0,
+                   help="the replayed answers' second run: each Predict answered after this "
+                        "long a sleep, about a live Predict's wait (0: no such run)")
     p.add_argument("--out", default=os.path.join(RESULTS, "client.json"))
     args = p.parse_args(argv)
 
@@ -358,13 +377,17 @@ def main(argv=None):
                            if "overhead_p50_ms" in row else "")
                         + (f"  DEGRADED {row['degraded']}" if row["degraded"] else ""))
         for ranker in rankers:  # the client alone: the server's answers replayed
-            recs_, cpu_ms = replay(recs[(ranker, "grpc")], requests[:200], kwargs, codec_timer)
-            row = {"ranker": ranker, "mode": "replayed", "concurrency": 1,
-                   **summarise(recs_, 1.0), "cpu_ms_per_request": cpu_ms}
-            row.pop("throughput_rps")
-            results.append(row)
-            say(f"{ranker:7s} replayed   c=1   client path p50 {row['e2e_p50_ms']:6.2f} ms, "
-                f"overhead p50 {row['overhead_p50_ms']:.2f} ms, CPU {cpu_ms:.2f} ms/request")
+            runs = replay(recs[(ranker, "grpc")], requests[:200], kwargs, codec_timer,
+                          pause_ms=args.pause_ms)
+            for pause, (recs_, cpu_ms) in runs.items():
+                mode = "replayed" if not pause else "paused"
+                row = {"ranker": ranker, "mode": mode, "concurrency": 1,
+                       **({"pause_ms": pause} if pause else {}),
+                       **summarise(recs_, 1.0), "cpu_ms_per_request": cpu_ms}
+                row.pop("throughput_rps")
+                results.append(row)
+                say(f"{ranker:7s} {mode:10s} c=1   client path p50 {row['e2e_p50_ms']:6.2f} ms, "
+                    f"overhead p50 {row['overhead_p50_ms']:.2f} ms, CPU {cpu_ms:.2f} ms/request")
         codec_timer.restore()
         for rec in recs.values():
             rec.close()
@@ -436,6 +459,10 @@ def _checks(results):
             out[r["ranker"]]["overhead_replayed_p50_ms"] = round(r["overhead_p50_ms"], 3)
             out[r["ranker"]]["client_cpu_ms_per_request_replayed"] = round(
                 r["cpu_ms_per_request"], 3)
+        if r["mode"] == "paused" and r["ranker"] in out:
+            out[r["ranker"]]["overhead_replayed_after_pause_p50_ms"] = round(
+                r["overhead_p50_ms"], 3)
+            out[r["ranker"]]["pause_ms"] = r["pause_ms"]
     return out
 
 
@@ -446,8 +473,9 @@ def table(results):
     for r in results:
         over = (f"{r['overhead_p50_ms']:.2f} ({r['codec_p50_ms']:.2f})"
                 if "overhead_p50_ms" in r else "-")
+        mode = r["mode"] if r["mode"] != "paused" else f"replayed after {r['pause_ms']:g} ms sleeps"
         lines.append(
-            f"| {r['ranker']} | {r['mode']} | {r['concurrency']} | {r['e2e_p50_ms']:.2f} | "
+            f"| {r['ranker']} | {mode} | {r['concurrency']} | {r['e2e_p50_ms']:.2f} | "
             f"{r['e2e_p99_ms']:.2f} | "
             f"{format(r['throughput_rps'], '.0f') if 'throughput_rps' in r else '-'} | "
             f"{r['retrieval_p50_ms']:.2f} / {r['retrieval_p99_ms']:.2f} | "
@@ -481,15 +509,16 @@ def plot(results, path):
         ax.legend(fontsize=8)
     ax = axes[-1]
     parts = ("codec", "retrieval_build", "ranking_build", "hydrate", "rerank", "user")
-    rows = [by[(rk, mode, 1)] for rk in rankers for mode in ("grpc", "replayed")
+    rows = [by[(rk, mode, 1)] for rk in rankers for mode in ("grpc", "paused", "replayed")
             if (rk, mode, 1) in by]
     bottoms = np.zeros(len(rows))
     for part, color in zip(parts, plt.rcParams["axes.prop_cycle"].by_key()["color"]):
         vals = np.array([r.get(f"{part}_p50_ms", 0.0) for r in rows])
         ax.bar(np.arange(len(rows)), vals, 0.5, bottom=bottoms, label=part, color=color)
         bottoms += vals
-    labels = [f"{r['ranker']}\n{'pipeline' if r['mode'] == 'grpc' else 'replayed'}"
-              for r in rows]
+    names = {"grpc": "pipeline", "replayed": "replayed"}
+    labels = [f"{r['ranker']}\n" + names.get(r["mode"], f"replayed,\n{r.get('pause_ms', 0):g} ms "
+                                              "sleeps") for r in rows]
     ax.set_xticks(np.arange(len(rows)), labels)
     ax.axhline(TARGETS["overhead_p50_ms"], color="gray", ls="--", lw=0.8)
     ax.set_ylabel("client overhead p50 (ms), concurrency 1")

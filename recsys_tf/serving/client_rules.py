@@ -173,9 +173,12 @@ def rerank_stage(ids, r_scores, p_scores, hydrated, retrieved, k, diversity, ble
     # ordering: exploration, MMR diversity, per-category caps
     keys = rerank.perturb(final, explore, seed) if explore else final
     cats = hydrated.get(category) if category else None
-    vecs = None
+    vecs, unit = None, False
     if diversity and diversity_by != "category":
-        vecs = items.vectors(ids)
+        vecs = items.unit_vectors(ids) if hasattr(items, "unit_vectors") else None
+        unit = vecs is not None     # normalised when the store was loaded
+        if not unit:
+            vecs = items.vectors(ids)
         if vecs is None and diversity_by == "embeddings":
             raise ValueError("diversity_by='embeddings' but the item store has no vectors")
     sim_cats = _hashable(cats) if vecs is None and cats is not None and diversity else None
@@ -189,7 +192,7 @@ def rerank_stage(ids, r_scores, p_scores, hydrated, retrieved, k, diversity, ble
         cap_cats = _hashable(hydrated[column])
     order, redundant = rerank.mmr(keys, k, diversity=diversity, embeddings=vecs,
                                   categories=sim_cats, cap=cap, cap_categories=cap_cats,
-                                  return_redundancy=True)
+                                  return_redundancy=True, unit=unit)
     penalty = diversity * redundant if diversity and len(order) else None
 
     # 1 + the candidates scored higher (ties: those listed before), for the picks at once

@@ -13,6 +13,8 @@ import threading
 
 import numpy as np
 
+from recsys_tf.serving import rerank
+
 __all__ = ["ItemStore", "InMemoryItemStore", "UserStore"]
 
 
@@ -63,6 +65,11 @@ class ItemStore:
         """``[len(item_ids), d]`` item embeddings, or None when the store has none."""
         return None
 
+    def unit_vectors(self, item_ids):
+        """The same rows scaled to unit length (``rerank.unit_rows``), for MMR; None when the
+        store does not keep them (MMR then normalises :meth:`vectors` itself)."""
+        return None
+
     def normalise(self, item_id):
         """An id as the store keys it: ids come back from Predict as bytes or numpy scalars."""
         if isinstance(item_id, bytes):
@@ -101,6 +108,9 @@ class InMemoryItemStore(ItemStore):
             wire[key] = np.array(self.ids + [None], dtype=object)
         self._wire = {c: np.array([b"" if v is None else v.encode() for v in col], dtype=object)
                       for c, col in wire.items()}
+        # str ids by their UTF-8 bytes, as Predict returns them: normalise_many hands back the
+        # table's own id objects (no new strings to build, their hashes already known)
+        self._by_bytes = ({i.encode(): i for i in self.ids} if key in self._wire else {})
         self.embeddings = None
         if embeddings is not None:
             emb = np.asarray(embeddings, dtype=np.float32)
@@ -109,6 +119,8 @@ class InMemoryItemStore(ItemStore):
                                  f"per item ({len(self.ids)})")
             self.embeddings = emb
             self._emb = np.vstack([emb, np.zeros((1, emb.shape[1]), np.float32)])
+            # normalised once here rather than for every request's candidates
+            self._unit = rerank.unit_rows(self._emb, "item embeddings")
         pop = self._data.get("popularity")
         weight = np.zeros(len(self.ids)) if pop is None else np.array(
             [0 if (v is None or v != v) else v for v in pop[:-1]], dtype=np.float64)
@@ -144,6 +156,12 @@ class InMemoryItemStore(ItemStore):
 
     def normalise_many(self, item_ids):
         arr = np.asarray(item_ids)
+        if arr.dtype == object and self._by_bytes:
+            values = arr.tolist()
+            out = list(map(self._by_bytes.get, values))
+            if None not in out:         # all known ids (bytes): the table's own objects
+                return out
+            return [self.normalise(v) if o is None else o for o, v in zip(out, values)]
         if arr.dtype == object and not self._key_is_int:
             try:
                 return list(map(bytes.decode, arr.tolist()))
@@ -185,6 +203,11 @@ class InMemoryItemStore(ItemStore):
         if self.embeddings is None:
             return None
         return self._emb[self.positions(item_ids)]
+
+    def unit_vectors(self, item_ids):
+        if self.embeddings is None:
+            return None
+        return self._unit[self.positions(item_ids)]
 
     def popular(self, n, exclude=()):
         exclude = set(exclude)

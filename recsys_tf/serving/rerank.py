@@ -45,6 +45,7 @@ __all__ = [
     "freshness_boost",
     "category_cap",
     "mmr",
+    "unit_rows",
     "redundancy",
     "perturb",
     "explore",
@@ -373,8 +374,21 @@ def category_cap(order, categories, cap, default=None):
     return idx[keep]
 
 
+def unit_rows(embeddings, name="embeddings"):
+    """``embeddings`` as float64 rows scaled to unit length (zero rows stay zero): the
+    vectors whose dot products :func:`mmr` takes as cosine similarities. ValueError unless a
+    finite ``[n, d]`` array."""
+    e = np.asarray(embeddings, dtype=np.float64)
+    if e.ndim != 2:
+        raise ValueError(f"{name} must have shape [n, d], got shape {e.shape}")
+    if not np.isfinite(e).all():
+        raise ValueError(f"{name} must be finite")
+    norms = np.sqrt(np.einsum("ij,ij->i", e, e))[:, None]
+    return np.divide(e, norms, out=np.zeros_like(e), where=norms > 0)
+
+
 def mmr(scores, k, diversity=0.0, embeddings=None, categories=None, cap=None,
-        cap_categories=None, cap_default=None, return_redundancy=False):
+        cap_categories=None, cap_default=None, return_redundancy=False, unit=False):
     """Maximal Marginal Relevance: pick ``k`` relevant but mutually dissimilar items.
 
     Greedy: at each step pick, among the items not yet chosen,
@@ -410,6 +424,8 @@ def mmr(scores, k, diversity=0.0, embeddings=None, categories=None, cap=None,
       return_redundancy: also return each pick's :func:`redundancy` (its largest similarity
         to the items picked before it), taken from the greedy's own running maximum; None
         when ``diversity`` is 0.
+      unit: ``embeddings`` are :func:`unit_rows` already (e.g. normalised once when an item
+        table is loaded) and are used as they are: no copy, check or normalisation per call.
 
     Returns:
       1-D int64 array of at most ``k`` candidate indices, in pick order (and, with
@@ -432,16 +448,13 @@ def mmr(scores, k, diversity=0.0, embeddings=None, categories=None, cap=None,
 
     sim_vectors = sim_codes = None
     if embeddings is not None:
-        e = np.asarray(embeddings, dtype=np.float64)
-        if e.ndim != 2 or e.shape[0] != n:
+        shape = np.shape(embeddings)
+        if len(shape) != 2 or shape[0] != n:
             raise ValueError(
                 f"embeddings must have shape [n, d] with n={n} (one row per score), got "
-                f"shape {e.shape}"
+                f"shape {shape}"
             )
-        if not np.isfinite(e).all():
-            raise ValueError("embeddings must be finite")
-        norms = np.sqrt(np.einsum("ij,ij->i", e, e))[:, None]
-        sim_vectors = np.divide(e, norms, out=np.zeros_like(e), where=norms > 0)
+        sim_vectors = np.asarray(embeddings) if unit else unit_rows(embeddings)
     elif categories is not None:
         cats = np.asarray(categories, dtype=object)
         if cats.ndim != 1:

@@ -405,8 +405,16 @@ def test_in_memory_item_store_unknown_ids_and_popularity():
     np.testing.assert_array_equal(got["age"], [4.0, np.nan, 1.5])
     assert got["popularity"].tolist() == [5, None, 3]
     np.testing.assert_array_equal(store.vectors(["b", "zz"]), [[0, 1, 0], [0, 0, 0]])
+    scaled = InMemoryItemStore(rows, "id", embeddings=[[3, 4], [0, 0], [0, 2]])
+    np.testing.assert_array_equal(scaled.unit_vectors(["a", "zz", "c", "b"]),
+                                  [[0.6, 0.8], [0, 0], [0, 1], [0, 0]])
+    assert InMemoryItemStore(rows, "id").unit_vectors(["a"]) is None
     assert store.popular(2) == ["b", "c"] and store.popular(5, exclude={"c"}) == ["b", "a"]
     assert store.normalise_many(np.array([b"a", b"c"], dtype=object)) == ["a", "c"]
+    # known ids come back as the table's own objects; unknown ones decoded all the same
+    named = InMemoryItemStore([{"id": "item-1"}, {"id": "item-22"}], "id")
+    got = named.normalise_many(np.array([b"item-22", b"item-new", "item-1"], dtype=object))
+    assert got == ["item-22", "item-new", "item-1"] and got[0] is named.ids[1]
     assert store.size == 3
     # what a request sends: the string columns and the ids as bytes, "" when unknown or None
     wire = store.wire(["c", "zz", "a"])

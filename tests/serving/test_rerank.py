@@ -330,6 +330,36 @@ def test_mmr_redundancy_is_the_redundancy_of_its_picks():
     assert mmr(s, 3, return_redundancy=True)[1] is None          # no diversity, no similarity
 
 
+def test_unit_rows_hand_and_errors():
+    got = rerank.unit_rows([[3.0, 4.0], [0.0, 0.0], [0.0, -2.0]])
+    np.testing.assert_array_equal(got, [[0.6, 0.8], [0.0, 0.0], [0.0, -1.0]])
+    assert got.dtype == np.float64
+    with pytest.raises(ValueError, match="item vectors must be finite"):
+        rerank.unit_rows([[1.0, np.nan]], "item vectors")
+    with pytest.raises(ValueError, match="shape \\[n, d\\], got shape \\(3,\\)"):
+        rerank.unit_rows([1.0, 2.0, 3.0])
+
+
+def test_mmr_on_rows_normalised_once_is_mmr_on_the_raw_rows():
+    rng = np.random.default_rng(8)
+    s, e = rng.normal(size=50), rng.normal(size=(50, 6)) * rng.uniform(0.1, 9, (50, 1))
+    e[7] = 0.0                                         # a zero row stays zero
+    cats = np.array(list("abcde") * 10, dtype=object)
+    for kwargs in ({}, dict(cap=3, cap_categories=cats)):
+        order, red = mmr(s, 12, diversity=0.4, embeddings=e, return_redundancy=True, **kwargs)
+        order_u, red_u = mmr(s, 12, diversity=0.4, embeddings=rerank.unit_rows(e), unit=True,
+                             return_redundancy=True, **kwargs)
+        assert order_u.tolist() == order.tolist()
+        np.testing.assert_array_equal(red_u, red)
+    # unit=True takes the rows as they are: the similarities are their plain dot products
+    e = [[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]]
+    order, red = mmr([1.0, 0.9, 0.8], 3, diversity=0.5, embeddings=e, unit=True,
+                     return_redundancy=True)
+    assert order.tolist() == [0, 1, 2] and red.tolist() == [0.0, 0.0, 2.0]
+    red = mmr([1.0, 0.9, 0.8], 3, diversity=0.5, embeddings=e, return_redundancy=True)[1]
+    np.testing.assert_allclose(red, [0.0, 0.0, 0.5 ** 0.5])
+
+
 def test_mmr_k_edges():
     assert mmr([0.2, 0.9], 10, diversity=0.5, categories=[0, 1]).tolist() == [1, 0]
     assert mmr([0.2, 0.9], 0, diversity=0.5, categories=[0, 1]).tolist() == []
