@@ -391,6 +391,8 @@ def main(argv=None):
         codec_timer.restore()
         for rec in recs.values():
             rec.close()
+        probe = cache_probe(args.pause_ms or 4.0)
+        say(f"cache probe: {probe}")
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -403,7 +405,8 @@ def main(argv=None):
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform(),
                     "load_average_1_5_15min": {"before": [round(x, 2) for x in load_before],
-                                               "after": [round(x, 2) for x in os.getloadavg()]}},
+                                               "after": [round(x, 2) for x in os.getloadavg()]},
+                    "cache_probe": probe},
         "versions": _versions(), "targets": TARGETS, "results": results,
         "ratios": _ratios(results), "checks": _checks(results),
     }
@@ -416,6 +419,38 @@ def main(argv=None):
     say(json.dumps(report["checks"], indent=2))
     say(f"wrote {args.out} and {png}")
     return 0
+
+
+def cache_probe(pause_ms=4.0, repeats=300):
+    """What waiting costs on this machine, outside the client: the p50 time (us) of a numpy
+    gather of 500 rows from an 8 MB array, back to back and each after a ``pause_ms`` sleep;
+    and of a pure-Python loop on a few variables, the same two ways. (A gather that slows
+    after the sleep while the loop does not: caches emptied during the wait.)"""
+    rng = np.random.default_rng(0)
+    table = rng.random((2000, 512))
+    rows = rng.integers(0, len(table), 500)
+
+    def gather():
+        return table[rows].sum()
+
+    def loop():
+        total = 0
+        for i in range(3000):
+            total += i * i
+        return total
+
+    out = {"pause_ms": pause_ms}
+    for name, work in (("gather_500_rows_8mb", gather), ("python_loop", loop)):
+        for mode in ("back_to_back", "after_sleep"):
+            times = []
+            for _ in range(repeats):
+                if mode == "after_sleep":
+                    time.sleep(pause_ms / 1e3)
+                t = time.perf_counter()
+                work()
+                times.append((time.perf_counter() - t) * 1e6)
+            out[f"{name}_{mode}_us"] = round(float(np.median(times)), 1)
+    return out
 
 
 def _versions():
