@@ -560,9 +560,7 @@ def redundancy(order, embeddings=None, categories=None):
             raise ValueError(f"embeddings must have shape [n, d], got shape {e.shape}")
         if idx.size and idx.max() >= len(e):
             raise ValueError(f"order holds index {idx.max()} but embeddings has {len(e)} rows")
-        v = e[idx]
-        norms = np.linalg.norm(v, axis=1, keepdims=True)
-        v = np.divide(v, norms, out=np.zeros_like(v), where=norms > 0)
+        v = unit_rows(e[idx])
         sim = v @ v.T
     elif categories is not None:
         cats = np.asarray(categories, dtype=object)
