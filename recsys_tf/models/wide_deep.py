@@ -3,13 +3,15 @@
     y = sigmoid( w_wide^T [x; phi(x)] + w_deep^T MLP([e_1; ...; e_C; z_1; ...; z_N]) + b )
 
 * Wide part: a ``keras.experimental.LinearModel`` over sparse inputs - each categorical feature
-  one-hot (its vocabulary/hash index, OOV included), each sequence multi-hot over its ids
-  (padding dropped), each numeric feature's normalised value ``z_f``, and the cross-product
-  transformations ``phi(x)``: for every declared cross ``(a, b, ...)`` the raw values are
-  crossed and hashed into ``cross_buckets`` bins (``keras.layers.HashedCrossing``), one-hot.
-  :meth:`WideDeep.wide_inputs` shows them feature by feature; the linear model is fed them
-  packed (:meth:`WideDeep.linear_inputs`: the one-hot blocks side by side in one sparse input,
-  so one kernel holds every feature's weights), the same linear function in far fewer ops.
+  one-hot (its vocabulary/hash index, OOV included), each sequence as the counts of its ids
+  (padding dropped; an id listed twice counts 2, as TensorFlow's linear models sum the ids of a
+  multi-valued categorical column), each numeric feature's normalised value ``z_f``, and the
+  cross-product transformations ``phi(x)``: for every declared cross ``(a, b, ...)`` the raw
+  values are crossed and hashed into ``cross_buckets`` bins (``keras.layers.HashedCrossing``),
+  one-hot. :meth:`WideDeep.wide_inputs` shows them feature by feature; the linear model is fed
+  them packed (:meth:`WideDeep.linear_inputs`: the one-hot and count blocks side by side in one
+  sparse input, so one kernel holds every feature's weights), the same linear function in far
+  fewer ops.
 * Deep part: embeddings of the categorical features (sequences mean-pooled) concatenated with
   the numeric values, a ReLU MLP and a logit.
 
@@ -19,7 +21,7 @@ and its ``dnn_model`` the deep part, so ``WideDeepModel.call`` adds their logits
 ``WideDeepModel.train_step`` trains them jointly, each with its own optimizer when compiled
 with ``optimizer=[wide_optimizer, deep_optimizer]`` (see :meth:`default_optimizer`: FTRL for
 the wide part, Adam for the deep part, as in the paper). The only work done outside the two
-sub-models is turning raw values into the wide part's sparse one-/multi-hot inputs; it has no
+sub-models is turning raw values into the wide part's sparse one-hot and count inputs; it has no
 trainable weights (the vocabulary/hash lookups are the deep part's, shared, not duplicated), so
 every trainable variable belongs to exactly one of the two sub-models and gets its optimizer.
 
@@ -129,7 +131,7 @@ class WideDeep(RankingModel, keras.experimental.WideDeepModel):
         for n in self.wide_features:
             f = self.feature_set[n]
             if not isinstance(f, Numeric):
-                mode = "multi_hot" if isinstance(f, Sequence) else "one_hot"
+                mode = "count" if isinstance(f, Sequence) else "one_hot"
                 self._encoders[n] = keras.layers.CategoryEncoding(
                     num_tokens=self.feature_set.categorical_of(n).num_buckets, output_mode=mode,
                     sparse=True, name=f"wide_{n}")
@@ -165,7 +167,8 @@ class WideDeep(RankingModel, keras.experimental.WideDeepModel):
     # -- the wide part's inputs -------------------------------------------------------------
     def _wide_layout(self):
         """(wide single-valued categoricals, their columns in the encoded ``CAT_KEY`` block,
-        offsets of their one-hot blocks, offsets of the crosses' blocks, total width)."""
+        offsets of their one-hot blocks, offsets of the crosses' blocks, wide sequences,
+        offsets of their count blocks, total width)."""
         emb = self.dnn_model.embedding
         singles = tuple(n for n in self.wide_features
                         if isinstance(self.feature_set[n], Categorical))
@@ -177,51 +180,69 @@ class WideDeep(RankingModel, keras.experimental.WideDeepModel):
         for _ in self.crosses:
             cross_offsets.append(width)
             width += self.cross_buckets
+        sequences = tuple(n for n in self.wide_features
+                          if isinstance(self.feature_set[n], Sequence))
+        sequence_offsets = []
+        for n in sequences:
+            sequence_offsets.append(width)
+            width += self.feature_set.categorical_of(n).num_buckets
         cols = tuple(emb._cat.index(n) for n in singles)
-        return singles, cols, tuple(offsets), tuple(cross_offsets), width
+        return (singles, cols, tuple(offsets), tuple(cross_offsets), sequences,
+                tuple(sequence_offsets), width)
 
     def linear_inputs(self, inputs):
         """What the linear model is fed: the one-hot blocks of every single-valued wide feature
-        and every cross side by side in one sparse ``[batch, sum of sizes]`` input
-        (``"one_hot"``), each sequence's multi-hot, and the numerics' ``z`` (``"numeric"``).
+        and every cross, then each sequence's count block, side by side in one sparse
+        ``[batch, sum of sizes]`` input (``"one_hot"``; a sequence's ids are entries of value
+        1, so a repeated id adds up to its count), and the numerics' ``z`` (``"numeric"``).
         The same linear function as :meth:`wide_inputs` feature by feature (the kernel of
         ``"one_hot"`` is the per-feature kernels stacked), in a few ops instead of a few per
         feature."""
         emb = self.dnn_model.embedding
         enc = self.encode_inputs(inputs)
-        singles, cols, offsets, cross_offsets, width = self._layout
+        singles, cols, offsets, cross_offsets, sequences, sequence_offsets, width = self._layout
         blocks = []
         if singles:
             ids = enc[CAT_KEY]
             if len(cols) != ids.shape[1] or list(cols) != list(range(len(cols))):
                 ids = tf.gather(ids, list(cols), axis=1)
-            blocks.append(ids + tf.constant(offsets, tf.int32))
+            blocks.append(tf.cast(ids, tf.int32) + tf.constant(offsets, tf.int32))
         for c, off in zip(self.crosses, cross_offsets):
-            blocks.append(enc[id_key(cross_name(c))][:, None] + off)
+            blocks.append(tf.cast(enc[id_key(cross_name(c))], tf.int32)[:, None] + off)
         out = {}
-        if blocks:
+        if blocks or sequences:
+            k = sum(b.shape[1] for b in blocks)
+            masks = []
+            for n, off in zip(sequences, sequence_offsets):
+                blocks.append(tf.cast(emb.ids(enc, n), tf.int32) + off)
+                masks.append(emb.mask(enc, n))
             ids = blocks[0] if len(blocks) == 1 else tf.concat(blocks, axis=1)
-            rows, k = tf.shape(ids)[0], ids.shape[1]
-            indices = tf.stack([tf.repeat(tf.range(rows, dtype=tf.int64), k),
-                                tf.cast(tf.reshape(ids, [-1]), tf.int64)], axis=1)
+            rows = tf.shape(ids, out_type=tf.int64)[0]
+            if masks:   # the entries that are there, row by row (rows stay in order)
+                if k:
+                    masks.insert(0, tf.ones([tf.shape(ids)[0], k], tf.bool))
+                at = tf.where(masks[0] if len(masks) == 1 else tf.concat(masks, axis=1))
+                values = tf.cast(tf.gather_nd(ids, at), tf.int64)
+                indices = tf.stack([at[:, 0], values], axis=1)
+            else:
+                indices = tf.stack([tf.repeat(tf.range(rows), k),
+                                    tf.cast(tf.reshape(ids, [-1]), tf.int64)], axis=1)
             out["one_hot"] = tf.SparseTensor(
-                indices, tf.ones([rows * k], tf.float32),
-                tf.stack([tf.cast(rows, tf.int64), tf.constant(width, tf.int64)]))
+                indices, tf.ones(tf.shape(indices)[:1], tf.float32),
+                tf.stack([rows, tf.constant(width, tf.int64)]))
         numeric = []
         for n in self.wide_features:
             f = self.feature_set[n]
-            if isinstance(f, Sequence):
-                ids = tf.ragged.boolean_mask(emb.ids(enc, n), emb.mask(enc, n))
-                out[n] = self._encoders[n](ids)
-            elif isinstance(f, Numeric):
+            if isinstance(f, Numeric):
                 numeric.append(normalise(f, enc[NUM_KEY][:, emb._numeric.index(n)]))
         if numeric:
             out["numeric"] = tf.stack(numeric, axis=1)
         return out
 
     def wide_inputs(self, inputs):
-        """Raw features -> ``{name: [batch, n]}``, feature by feature: sparse one-/multi-hot,
-        or ``z`` for numerics (what :meth:`linear_inputs` packs for the linear model)."""
+        """Raw features -> ``{name: [batch, n]}``, feature by feature: sparse one-hot (counts
+        for a sequence), or ``z`` for numerics (what :meth:`linear_inputs` packs for the linear
+        model)."""
         emb = self.dnn_model.embedding   # its vocabulary/hash lookups; no weights are used here
         out = {}
         for n in self.wide_features:

@@ -223,18 +223,19 @@ def test_wide_part_packs_the_per_feature_inputs():
         v.assign(rng.normal(size=v.shape).astype(np.float32))
     got = model.linear_model(model.linear_inputs(BATCH)).numpy()[:, 0]
     packed = model.linear_inputs(BATCH)
-    assert sorted(packed) == ["history", "numeric", "one_hot"]
+    assert sorted(packed) == ["numeric", "one_hot"]
     kernel = {name: layer.kernel.numpy()[:, 0]                 # LinearModel: sorted input names
               for name, layer in zip(sorted(packed), model.linear_model.dense_layers)}
     # the same sum, feature by feature, from the per-feature inputs and the kernel's row blocks
     per_feature = model.wide_inputs(BATCH)
-    singles, _, offsets, cross_offsets, _ = model._layout
+    singles, _, offsets, cross_offsets, sequences, sequence_offsets, _ = model._layout
+    assert sequences == ("history",)
     total = model.linear_model.bias.numpy()[0] * np.ones(8)
-    blocks = list(zip(singles, offsets)) + [("user_id_x_category", cross_offsets[0])]
+    blocks = (list(zip(singles, offsets)) + [("user_id_x_category", cross_offsets[0])]
+              + list(zip(sequences, sequence_offsets)))
     for n, off in blocks:
         x = tf.sparse.to_dense(per_feature[n]).numpy()
         total = total + x @ kernel["one_hot"][off:off + x.shape[1]]
-    total = total + tf.sparse.to_dense(per_feature["history"]).numpy() @ kernel["history"]
     total = total + per_feature["price"].numpy()[:, 0] * kernel["numeric"][0]
     np.testing.assert_allclose(got, total, rtol=1e-5, atol=1e-5)
     # the public split: logit = wide_logit + the deep part's logit

@@ -150,6 +150,17 @@ def test_wide_deep_runs_on_the_high_level_api():
     assert w["user_id"].shape[1] == 1 + len(USERS)
     np.testing.assert_array_equal(tf.sparse.to_dense(w["user_id"]).numpy()[:, 0], [1, 0])
     np.testing.assert_array_equal(tf.sparse.to_dense(w["history"]).numpy().sum(axis=1), [1, 0])
+    # a sequence counts its ids: one listed twice counts 2; padding is dropped
+    repeats = dict(OOV_BATCH, history=tf.constant([[ITEMS[0], ITEMS[0], 0],
+                                                   [ITEMS[1], 0, ITEMS[0]]], tf.int64))
+    counts = tf.sparse.to_dense(model.wide_inputs(repeats)["history"]).numpy()
+    assert counts[0][counts[0] > 0].tolist() == [2.0]
+    assert counts[1][counts[1] > 0].tolist() == [1.0, 1.0]
+    sp = model.linear_inputs(repeats)["one_hot"]      # repeated entries add up
+    packed = np.zeros(sp.dense_shape.numpy())
+    np.add.at(packed, tuple(sp.indices.numpy().T), sp.values.numpy())
+    seq_offset = model._layout[5][0]
+    np.testing.assert_array_equal(packed[:, seq_offset:seq_offset + counts.shape[1]], counts)
     assert w["user_id_x_category"].shape[1] == 16
     np.testing.assert_allclose(w["price"].numpy()[:, 0], [0.0, (1e6 - 5.0) / 2.0])
     ftrl, adam = model.default_optimizer(0.003)
