@@ -370,8 +370,10 @@ def test_query_embedding_signature_searched_locally(server, tables, tiny_synthet
     """A retrieval signature that returns only the query embedding: the client searches the
     exported item embeddings itself, and finds what the served brute-force index finds."""
     u, ctx = _user(tiny_synthetic)
-    with Recommender(server, tables, ranker=None) as served, \
-            Recommender(server, tables, ranker=None,
+    # a generous deadline: the first call of a signature the warm-up did not cover builds its
+    # graph on the server, which took over the default 2 s on a loaded 2-core machine
+    with Recommender(server, tables, ranker=None, timeout=30) as served, \
+            Recommender(server, tables, ranker=None, timeout=30,
                         retrieval_signature="query_embedding") as local:
         a = served.recommend(u, k=10, context=ctx, n_candidates=10)
         b = local.recommend(u, k=10, context=ctx, n_candidates=10)
