@@ -44,9 +44,10 @@ class ItemStore:
 
     ``key`` is the id column's name and ``size`` the number of items known (0 when the store
     cannot tell). ``get``, ``popular`` are required; ``vectors`` (item embeddings for MMR),
-    ``unit_vectors`` (the same normalised ahead of time) and ``normalise`` have defaults. A store may also offer ``wire(item_ids)``: its string
-    columns as object arrays of ``bytes``, one per id, which the ranker's request then takes as
-    they are (see :class:`InMemoryItemStore`). The ``Recommender`` passes ``item_ids`` as a
+    ``unit_vectors`` (the same normalised ahead of time) and ``normalise`` have defaults. A
+    store may also offer ``wire(item_ids)``: its string columns as object arrays of ``bytes``,
+    one per id, which the ranker's request then takes as they are (see
+    :class:`InMemoryItemStore`). The ``Recommender`` passes ``item_ids`` as a
     list (as a tuple to :class:`InMemoryItemStore` and its subclasses).
     """
 
