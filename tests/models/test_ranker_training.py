@@ -94,7 +94,8 @@ def test_lazy_adam_sparse_multiplier_scales_only_the_table_rows():
     ``lr``; the multiplier survives ``get_config``."""
     ids = ([0, 2, 2], [2, 3])
     results = {}
-    for key, lr, mult in (("scaled", 0.01, 4.0), ("table_ref", 0.04, 1.0), ("dense_ref", 0.01, 1.0)):
+    for key, lr, mult in (("scaled", 0.01, 4.0), ("table_ref", 0.04, 1.0),
+                          ("dense_ref", 0.01, 1.0)):
         opt = training.LazyAdam(lr, sparse_multiplier=mult)
         table = tf.Variable(np.arange(10, dtype=np.float32).reshape(5, 2) / 10)
         dense = tf.Variable(np.array([0.5, -1.0, 2.0], np.float32))
