@@ -21,7 +21,11 @@ from recsys_tf.serving.client import Recommender
 from recsys_tf.serving.grpc_client import ServingClient
 from recsys_tf.serving.server import ModelServer
 
-SLACK_S = 0.25  # scheduling slack on a shared 2-core machine when checking a deadline held
+SLACK_S = 0.5  # scheduling slack on a shared 2-core machine when checking a deadline held
+# deadlines of the tests below: long enough for the real calls on a loaded 2-core machine, far
+# below the delays that must be cut off
+DEADLINE_S = 1.5
+DELAY_S = 5.0
 
 
 class InjectedError(grpc.RpcError):
@@ -110,7 +114,7 @@ def test_only_unavailable_is_retried_unless_configured(server, tables, user):
 def test_retries_never_run_past_the_stage_deadline(server, tables, user):
     u, ctx = user
     flaky = Flaky(server, {"deepfm": (grpc.StatusCode.UNAVAILABLE, None)})
-    timeout = 0.4
+    timeout = 1.0
     rec = Recommender(server, tables, client=flaky, timeout=timeout, max_attempts=1000,
                       backoff=(0.02, 0.08), stage_shares=(0.3, 0.8))
     start = time.monotonic()
@@ -194,32 +198,33 @@ def slow_proxy(fault_server):
 def test_slow_ranker_times_out_to_retrieval_order(slow_proxy, tables, user):
     target, delays = slow_proxy
     u, ctx = user
-    with Recommender(target, tables, ranker="dcn_v2", timeout=0.5) as rec:
+    with Recommender(target, tables, ranker="dcn_v2", timeout=DEADLINE_S) as rec:
         warm = rec.recommend(u, k=5, context=ctx)  # reads both signatures
-        delays["dcn_v2"] = 2.0
+        delays["dcn_v2"] = DELAY_S
         start = time.monotonic()
         res = rec.recommend(u, k=5, context=ctx)
         elapsed = time.monotonic() - start
     assert warm.degraded is None
     assert res.degraded == "ranker failed (DEADLINE_EXCEEDED): retrieval order"
-    assert elapsed <= 0.5 + SLACK_S and res.timings_ms["total"] <= 500 + SLACK_S * 1e3
+    assert elapsed <= DEADLINE_S + SLACK_S
+    assert res.timings_ms["total"] <= (DEADLINE_S + SLACK_S) * 1e3
     assert len(res.items) == 5 and all(r.ranking_score is None for r in res.items)
 
 
 def test_slow_retrieval_falls_back_to_ranked_popular_items(slow_proxy, tables, user):
     target, delays = slow_proxy
     u, ctx = user
-    with Recommender(target, tables, ranker="dcn_v2", timeout=0.5) as rec:
+    with Recommender(target, tables, ranker="dcn_v2", timeout=DEADLINE_S) as rec:
         rec.recommend(u, k=5, context=ctx)
-        delays["two_tower"] = 2.0
+        delays["two_tower"] = DELAY_S
         start = time.monotonic()
         res = rec.recommend(u, k=5, context=ctx, n_candidates=20)
         elapsed = time.monotonic() - start
         popular = rec.items.popular(20, exclude=rec.users.get(u).get("seen") or ())
     assert res.degraded == "retrieval failed (DEADLINE_EXCEEDED): most popular items"
     # retrieval had its share (40%) of the deadline; the ranker still ranked the popular items
-    assert res.timings_ms["retrieval"] <= 0.4 * 500 + SLACK_S * 1e3
-    assert elapsed <= 0.5 + SLACK_S
+    assert res.timings_ms["retrieval"] <= (0.4 * DEADLINE_S + SLACK_S) * 1e3
+    assert elapsed <= DEADLINE_S + SLACK_S
     assert {r.item_id for r in res.items} <= set(popular)
     assert all(r.ranking_score is not None for r in res.items)
     assert all("popularity_rank" in r.reasons for r in res.items)
@@ -299,7 +304,7 @@ def test_cli_recommend_json_with_dcn_v2(fault_server, tables, tiny_synthetic, ca
     u = tiny_synthetic.test.user_id.iloc[0]
     rc = main(["recommend", "--user-id", u, "--k", "10", "--ranker", "dcn_v2",
                "--diversity", "0.3", "--json", "--target", fault_server.target,
-               "--tables", tables])
+               "--tables", tables, "--timeout", "10"])  # 10 s: a loaded machine's first call
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     assert out["degraded"] is None and len(out["items"]) == 10
@@ -320,7 +325,7 @@ def test_server_stopped_mid_run(fault_server, tables, user, caplog):
     is the most popular unseen items, flagged, within the deadline, and nothing raises."""
     u, ctx = user
     results, errors, stop = [], [], threading.Event()
-    with Recommender(fault_server.target, tables, ranker="dcn_v2", timeout=0.5) as rec:
+    with Recommender(fault_server.target, tables, ranker="dcn_v2", timeout=DEADLINE_S) as rec:
         popular = rec.items.popular(20, exclude=rec.users.get(u).get("seen") or ())
         thread = threading.Thread(target=_loop, args=(rec, u, ctx, results, errors, stop))
         thread.start()
@@ -340,7 +345,7 @@ def test_server_stopped_mid_run(fault_server, tables, user, caplog):
     assert [r.item_id for r in last.items] == popular[:5]
     assert np.all([r.ranking_score is None for r in last.items])
     assert all(len(r.items) == 5 for _, r in results)
-    assert max(t for t, _ in results) <= 0.5 + SLACK_S
+    assert max(t for t, _ in results) <= DEADLINE_S + SLACK_S
     # the outage is logged when it starts, not on every degraded answer
     warnings = [r for r in caplog.records if r.name == "recsys_tf.client"
                 and "retrieval failing (UNAVAILABLE" in r.getMessage()]
