@@ -50,7 +50,10 @@ class _FastSignature:
         shapes = [tf.TensorShape(sig.inputs[n].tensor_shape) for n in self.inputs]
         inputs, outputs, n_in = self.inputs, self.outputs, len(self.inputs)
 
-        @tf.function(input_signature=[tf.TensorSpec([n_in], tf.string)])
+        # autograph=False: straight-line graph code (the loop below is tf.while_loop), so no
+        # source parsing at load time, which runs in the server's loading thread while other
+        # threads may parse too (CPython 3.11's ast module is not safe for that)
+        @tf.function(input_signature=[tf.TensorSpec([n_in], tf.string)], autograph=False)
         def run(serialized):
             tensors = {name: tf.ensure_shape(tf.io.parse_tensor(serialized[i], dtypes[i]),
                                              shapes[i]) for i, name in enumerate(inputs)}
@@ -64,7 +67,7 @@ class _FastSignature:
             return
 
         @tf.function(input_signature=[tf.TensorSpec([None, n_in], tf.string),
-                                      tf.TensorSpec([], tf.int32)])
+                                      tf.TensorSpec([], tf.int32)], autograph=False)
         def run_batch(serialized, pad_to):
             count = tf.shape(serialized)[0]
             arrays = tuple(tf.TensorArray(dtypes[i], size=count, infer_shape=False,
