@@ -194,8 +194,8 @@ class WideDeep(RankingModel, keras.experimental.WideDeepModel):
         """What the linear model is fed: the one-hot blocks of every single-valued wide feature
         and every cross, then each sequence's count block, side by side in one sparse
         ``[batch, sum of sizes]`` input (``"one_hot"``; a sequence's ids are entries of value
-        1, so a repeated id adds up to its count), and the numerics' ``z`` (``"numeric"``).
-        The same linear function as :meth:`wide_inputs` feature by feature (the kernel of
+        1, so a repeated id adds up to its count, and its padding entries of value 0), and the
+        numerics' ``z`` (``"numeric"``). The same linear function as :meth:`wide_inputs` feature by feature (the kernel of
         ``"one_hot"`` is the per-feature kernels stacked), in a few ops instead of a few per
         feature."""
         emb = self.dnn_model.embedding
@@ -218,18 +218,20 @@ class WideDeep(RankingModel, keras.experimental.WideDeepModel):
                 masks.append(emb.mask(enc, n))
             ids = blocks[0] if len(blocks) == 1 else tf.concat(blocks, axis=1)
             rows = tf.shape(ids, out_type=tf.int64)[0]
-            if masks:   # the entries that are there, row by row (rows stay in order)
+            # every position is an entry, row by row (rows stay in order); a sequence's padding
+            # is an entry of value 0 (no share of the logit, a zero gradient), which costs less
+            # than finding and gathering the entries that are there
+            indices = tf.stack([tf.repeat(tf.range(rows), ids.shape[1]),
+                                tf.cast(tf.reshape(ids, [-1]), tf.int64)], axis=1)
+            if masks:
                 if k:
                     masks.insert(0, tf.ones([tf.shape(ids)[0], k], tf.bool))
-                at = tf.where(masks[0] if len(masks) == 1 else tf.concat(masks, axis=1))
-                values = tf.cast(tf.gather_nd(ids, at), tf.int64)
-                indices = tf.stack([at[:, 0], values], axis=1)
+                mask = masks[0] if len(masks) == 1 else tf.concat(masks, axis=1)
+                values = tf.reshape(tf.cast(mask, tf.float32), [-1])
             else:
-                indices = tf.stack([tf.repeat(tf.range(rows), k),
-                                    tf.cast(tf.reshape(ids, [-1]), tf.int64)], axis=1)
+                values = tf.ones(tf.shape(indices)[:1], tf.float32)
             out["one_hot"] = tf.SparseTensor(
-                indices, tf.ones(tf.shape(indices)[:1], tf.float32),
-                tf.stack([rows, tf.constant(width, tf.int64)]))
+                indices, values, tf.stack([rows, tf.constant(width, tf.int64)]))
         numeric = []
         for n in self.wide_features:
             f = self.feature_set[n]
