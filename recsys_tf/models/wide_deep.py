@@ -195,9 +195,9 @@ class WideDeep(RankingModel, keras.experimental.WideDeepModel):
         and every cross, then each sequence's count block, side by side in one sparse
         ``[batch, sum of sizes]`` input (``"one_hot"``; a sequence's ids are entries of value
         1, so a repeated id adds up to its count, and its padding entries of value 0), and the
-        numerics' ``z`` (``"numeric"``). The same linear function as :meth:`wide_inputs` feature by feature (the kernel of
-        ``"one_hot"`` is the per-feature kernels stacked), in a few ops instead of a few per
-        feature."""
+        numerics' ``z`` (``"numeric"``). The same linear function as :meth:`wide_inputs`
+        feature by feature (the kernel of ``"one_hot"`` is the per-feature kernels stacked), in
+        a few ops instead of a few per feature."""
         emb = self.dnn_model.embedding
         enc = self.encode_inputs(inputs)
         singles, cols, offsets, cross_offsets, sequences, sequence_offsets, width = self._layout
