@@ -90,7 +90,7 @@ def cmd_data(args):
 # -- train ---------------------------------------------------------------------------------
 def train(model_name, ds, epochs=None, batch_size=None, export_dir=None, learning_rate=None,
           verbose=None, options=None, export_name=None, scann=True, scann_recall=0.95,
-          scann_index_k=None, embedding_lr_multiplier=None):
+          scann_index_k=None, embedding_lr_multiplier=None, weight_averaging=None):
     """Trains ``model_name`` on ``ds``, evaluates it, optionally exports; returns the metrics.
 
     ``two_tower`` exports twice: ``<export_dir>/two_tower`` (brute force, stock ops) and, when
@@ -98,7 +98,9 @@ def train(model_name, ds, epochs=None, batch_size=None, export_dir=None, learnin
     ``scann_recall`` recall@10 against exact search; requests may ask for up to
     ``scann_index_k`` items, default ``min(n_items, 1000)``). ``embedding_lr_multiplier``: the
     rankers' embedding tables learn at this multiple of ``learning_rate`` (default: the
-    trainer's, :data:`recsys_tf.training.EMBEDDING_LR_MULTIPLIER`).
+    trainer's, :data:`recsys_tf.training.EMBEDDING_LR_MULTIPLIER`). ``weight_averaging``: the
+    rankers' weight-average momentum (0: off; default: the trainer's, see
+    :func:`recsys_tf.training.train_ranker`).
     """
     from recsys_tf import export, models, training
 
@@ -119,7 +121,9 @@ def train(model_name, ds, epochs=None, batch_size=None, export_dir=None, learnin
                    "embedding_lr_multiplier": (training.EMBEDDING_LR_MULTIPLIER
                                                if embedding_lr_multiplier is None
                                                else embedding_lr_multiplier)}
-        fit = training.train_ranker(model, ds, verbose=verbose, **hparams)
+        fit = training.train_ranker(model, ds, verbose=verbose,
+                                    weight_averaging=weight_averaging, **hparams)
+        hparams["weight_averaging"] = fit["weight_averaging"]
         compiled = model.optimizer if isinstance(model.optimizer, (list, tuple)) else [
             model.optimizer]
         if not any(hasattr(o, "sparse_multiplier") for o in compiled):
@@ -180,13 +184,19 @@ def cmd_train(args):
     if multiplier is not None and not multiplier > 0:
         _say(f"error: --embedding-lr-multiplier {multiplier:g}: expected a number > 0")
         return 2
+    averaging = args.weight_averaging
+    if averaging is not None and not 0 <= averaging < 1:
+        _say(f"error: --weight-averaging {averaging:g}: expected a momentum in [0, 1) "
+             "(0 turns averaging off)")
+        return 2
     ds = _load_data(args)
     _say(f"training {args.model} on {ds.name}: {len(ds.train):,} training rows")
     result, _ = train(args.model, ds, epochs=args.epochs, batch_size=args.batch_size,
                       export_dir=args.export_dir, learning_rate=args.learning_rate,
                       options=_parse_options(args.model_option, "--model-option"),
                       scann=not args.no_scann, scann_recall=args.scann_recall,
-                      scann_index_k=args.scann_index_k, embedding_lr_multiplier=multiplier)
+                      scann_index_k=args.scann_index_k, embedding_lr_multiplier=multiplier,
+                      weight_averaging=averaging)
     text = json.dumps(result, indent=2)
     print(text)
     if args.metrics_out:
@@ -431,6 +441,11 @@ def build_parser():
                    help="rankers: the embedding tables learn at X times the learning rate "
                    "(default 3 for Wide&Deep, DeepFM, xDeepFM and DCN-v2; the other models "
                    "ignore it)")
+    s.add_argument("--weight-averaging", type=float, default=None, metavar="M",
+                   help="rankers: momentum of the moving average of the weights, kept at an "
+                   "epoch's end where it scores a higher validation AUC than the raw weights "
+                   "(default 0.99 for Wide&Deep, DeepFM, xDeepFM and DCN-v2, 0 = off for the "
+                   "others)")
     s.add_argument("--export-dir", default=None, help="export root, e.g. saved_models")
     s.add_argument("--metrics-out", default=None, metavar="FILE.json")
     s.add_argument("--model-option", action="append", metavar="KEY=VALUE",

@@ -27,14 +27,15 @@ def test_train_ranker_writes_contract_metrics(tmp_path):
     assert (tmp_path / "sm" / "deepfm" / "1" / "saved_model.pb").exists()
     card = read_model_card(str(tmp_path / "sm" / "deepfm" / "1"))
     assert card["training"] == {"epochs": 1, "batch_size": 128, "learning_rate": 1e-3,
-                                "embedding_lr_multiplier": 3.0}
+                                "embedding_lr_multiplier": 3.0, "weight_averaging": 0.99}
     # a second export takes the next version, never overwriting the first
     assert main(["train", "deepfm", "--data", "synthetic", *TINY_OPTS, "--epochs", "1",
                  "--model-option", "dim=4", "--model-option", "dnn_units=[8]",
-                 "--embedding-lr-multiplier", "1.5", "--export-dir", str(tmp_path / "sm")]) == 0
+                 "--embedding-lr-multiplier", "1.5", "--weight-averaging", "0",
+                 "--export-dir", str(tmp_path / "sm")]) == 0
     assert (tmp_path / "sm" / "deepfm" / "2" / "saved_model.pb").exists()
-    assert read_model_card(str(tmp_path / "sm" / "deepfm" / "2"))["training"][
-        "embedding_lr_multiplier"] == 1.5
+    training = read_model_card(str(tmp_path / "sm" / "deepfm" / "2"))["training"]
+    assert training["embedding_lr_multiplier"] == 1.5 and training["weight_averaging"] == 0.0
     config = model_config_text(str(tmp_path / "sm"))
     assert 'name: "deepfm"' in config and "model_platform" in config
 
@@ -68,6 +69,8 @@ def test_unknown_model_and_dataset_are_clear_errors(capsys):
     assert "unknown model 'nope'" in capsys.readouterr().out
     assert main(["train", "deepfm", "--data", "synthetic", "--embedding-lr-multiplier", "0"]) == 2
     assert "--embedding-lr-multiplier 0: expected a number > 0" in capsys.readouterr().out
+    assert main(["train", "deepfm", "--data", "synthetic", "--weight-averaging", "1"]) == 2
+    assert "--weight-averaging 1: expected a momentum in [0, 1)" in capsys.readouterr().out
     with pytest.raises(ValueError, match="unknown dataset 'nope'"):
         main(["train", "deepfm", "--data", "nope"])
     with pytest.raises(SystemExit, match="expected KEY=VALUE"):
