@@ -3,7 +3,7 @@ validation choice between averaged and raw weights in train_ranker."""
 import numpy as np
 import pytest
 
-from recsys_tf import training
+from recsys_tf import metrics, training
 from recsys_tf.averaging import WeightAveraging
 from recsys_tf.backend import keras, tf
 from recsys_tf.models.wide_deep import WideDeep
@@ -116,12 +116,10 @@ def test_train_ranker_keeps_the_better_weights(tiny_synthetic):
     np.testing.assert_allclose(h["val_auc"], np.maximum(h["val_auc_raw"],
                                                         h["val_auc_averaged"]))
     assert h["val_auc_raw"] != h["val_auc_averaged"]
-    valid = tiny_synthetic.valid
-    p = training.predict_batches(model, training.make_dataset(
-        tiny_synthetic.feature_set, valid, model.features, 512))
-    from recsys_tf import metrics
-    assert metrics.auc(valid[tiny_synthetic.feature_set.label].to_numpy(), p) == pytest.approx(
-        max(h["val_auc"]), abs=1e-6)
+    fs, valid = tiny_synthetic.feature_set, tiny_synthetic.valid   # scored as in training
+    p = training.predict_batches(model, training.encoded_dataset(model, fs, valid, 4096))
+    assert metrics.auc(valid[fs.label].to_numpy(), p) == pytest.approx(max(h["val_auc"]),
+                                                                       abs=1e-9)
 
 
 def test_train_ranker_without_averaging(tiny_synthetic):
