@@ -255,3 +255,47 @@ def test_xdeepfm_cin_features():
                                                                      "history"]
     with pytest.raises(ValueError, match="not one of"):
         XDeepFM(FS, cin_features=["nope"])
+
+
+def _linear_pair(monkeypatch, max_rows):
+    """The stock LinearModel and ours, with the same weights, on a sparse + a dense input."""
+    from recsys_tf.models import wide_deep
+
+    monkeypatch.setattr(wide_deep, "DENSE_GRADIENT_MAX_ROWS", max_rows)
+    rng = np.random.default_rng(0)
+    sparse = tf.SparseTensor([[0, 1], [0, 1], [0, 7], [2, 3], [3, 0], [3, 9]],   # row 1 empty
+                             np.array([1.0, 1.0, 0.0, 2.0, 1.0, 0.5], np.float32), [4, 10])
+    inputs = {"one_hot": sparse, "numeric": tf.constant(rng.normal(size=(4, 2)), tf.float32)}
+    stock = keras.experimental.LinearModel(units=1)
+    ours = wide_deep.WideLinearModel(units=1)
+    for m in (stock, ours):
+        m(inputs)
+    for a, b in zip(stock.weights, ours.weights):
+        b.assign(rng.normal(size=a.shape).astype(np.float32))
+        a.assign(b)
+    return stock, ours, inputs
+
+
+@pytest.mark.parametrize("max_rows", [1 << 16, 0])
+def test_wide_linear_model_is_the_linear_model(monkeypatch, max_rows):
+    """Same outputs, same gradients (dense for a small kernel, Keras' sparse ones above
+    ``DENSE_GRADIENT_MAX_ROWS``) and the same FTRL step as keras.experimental.LinearModel."""
+    stock, ours, inputs = _linear_pair(monkeypatch, max_rows)
+    np.testing.assert_allclose(ours(inputs).numpy(), stock(inputs).numpy(), rtol=1e-6)
+    grads = []
+    for m in (stock, ours):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.square(m(inputs)))
+        grads.append(tape.gradient(loss, m.trainable_variables))
+    one_hot = [layer for layer in ours.dense_layers if layer.name == "one_hot"][0]
+    kernel = [v is one_hot.kernel for v in ours.trainable_variables].index(True)
+    assert isinstance(grads[1][kernel], tf.IndexedSlices) == (max_rows == 0)
+    for g_stock, g_ours in zip(*grads):
+        np.testing.assert_allclose(tf.convert_to_tensor(g_ours).numpy(),
+                                   tf.convert_to_tensor(g_stock).numpy(), rtol=1e-5, atol=1e-6)
+    for m, g in zip((stock, ours), grads):
+        keras.optimizers.Ftrl(0.1).apply_gradients(zip(g, m.trainable_variables))
+    for a, b in zip(stock.weights, ours.weights):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="Missing keys"):
+        ours({"one_hot": inputs["one_hot"]})
