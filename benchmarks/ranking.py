@@ -96,7 +96,8 @@ CIN, CROSS_LAYERS = (32, 32), 3
 AUC_TARGET, SPEED_TARGET = 0.003, 1.5
 MODEL_NOTES = {
     "wide_deep": "ours: wide part = one-hot of every feature, id counts of every history "
-                 "(keras.experimental.LinearModel, FTRL), deep part = embeddings + numeric "
+                 "(keras.experimental.LinearModel, the sparse input multiplied as one sparse x dense "
+                 "matmul, FTRL), deep part = embeddings + numeric "
                  "values, Adam; DeepCTR WDL: linear part = 1-d embeddings + dense kernel, one "
                  "Adam for both",
     "deepfm": "ours: numeric features are FM fields (z * v_f, in FM and DNN); DeepCTR: "
