@@ -252,10 +252,11 @@ class ValidationMetrics(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         averaging = self.averaging
-        if averaging is not None and averaging.momentum:
+        active = averaging is not None and averaging.momentum > 0
+        if active:
             averaging.swap_out()
         auc, loss = self._scores()
-        if averaging is not None and averaging.momentum:
+        if active:
             averaging.swap_in()
             avg_auc, avg_loss = self._scores()
             if logs is not None:
@@ -420,8 +421,7 @@ def train_ranker(model, ds, epochs=2, batch_size=256, learning_rate=1e-3, verbos
     callbacks = [averaging] if averaging.momentum else []
     if ds.valid is not None and _n_rows(ds.valid):
         valid = data(ds.valid, 4096, False).map(_features_only)
-        callbacks += [ValidationMetrics(valid, np.asarray(ds.valid[label]),
-                                        averaging if averaging.momentum else None),
+        callbacks += [ValidationMetrics(valid, np.asarray(ds.valid[label]), averaging),
                       keras.callbacks.EarlyStopping(monitor="val_auc", mode="max",
                                                     patience=patience,
                                                     restore_best_weights=True)]
