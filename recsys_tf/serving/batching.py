@@ -133,14 +133,26 @@ class BatchingOptions:
 
 
 class _Task:
-    __slots__ = ("payload", "size", "done", "result", "error")
+    __slots__ = ("payload", "size", "_pending", "result", "error")
 
     def __init__(self, payload, size: int):
         self.payload = payload
         self.size = size
-        self.done = threading.Event()
+        # held until the task is done: a bare lock is the cheapest one-shot signal
+        self._pending = threading.Lock()
+        self._pending.acquire()
         self.result = None
         self.error: Optional[BaseException] = None
+
+    def wait(self) -> None:
+        self._pending.acquire()
+        self._pending.release()  # a second wait (or none) must not block
+
+    def set_done(self) -> None:
+        try:
+            self._pending.release()
+        except RuntimeError:  # already done
+            pass
 
 
 class _Batch:
@@ -293,7 +305,7 @@ class BatchScheduler:
 
     @staticmethod
     def _wait(task: _Task):
-        task.done.wait()
+        task.wait()
         if task.error is not None:
             raise task.error
         return task.result
@@ -323,6 +335,7 @@ class BatchScheduler:
                                    "The batch scheduling queue to which this task was "
                                    "submitted is full")
             now = time.monotonic()
+            wake = False  # only a new or a closed batch changes what the batch threads wait for
             for task in tasks:
                 last = queue.batches[-1] if queue.batches else None
                 if last is None or last.closed or last.size + task.size > limit:
@@ -330,11 +343,13 @@ class BatchScheduler:
                         last.closed = True
                     last = _Batch(now)
                     queue.batches.append(last)
+                    wake = True
                 last.tasks.append(task)
                 last.size += task.size
                 if last.size >= limit:
-                    last.closed = True
-            self._cv.notify()
+                    last.closed = wake = True
+            if wake:
+                self._cv.notify()
 
     # ----------------------------------------------------------------- the batch threads
     def _ready(self, now: float) -> Tuple[Optional[_Queue], Optional[_Batch], Optional[float]]:
@@ -398,7 +413,7 @@ class BatchScheduler:
                         task.error = single
         finally:
             for task in tasks:
-                task.done.set()
+                task.set_done()
 
     def stop(self) -> None:
         with self._cv:
@@ -408,7 +423,7 @@ class BatchScheduler:
             self._cv.notify_all()
         for task in pending:
             task.error = ServingError(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
-            task.done.set()
+            task.set_done()
         for thread in self._threads:
             thread.join(timeout=5)
 

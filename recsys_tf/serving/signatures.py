@@ -26,6 +26,9 @@ from recsys_tf.serving.servable import DEFAULT_SIGNATURE, _Version
 log = logging.getLogger("recsys_tf.serving.server")
 
 
+_ALL_ROWS = 2 ** 31 - 1  # a slice end past every batch: all rows
+
+
 def _shape_str(dims) -> str:
     return "[" + ",".join(str(d) for d in dims) + "]"
 
@@ -35,20 +38,27 @@ class _FastSignature:
 
     Unbatched, one TensorFlow function parses the serialized input TensorProtos
     (``ParseTensor``, shapes enforced with ``EnsureShape``), runs the signature and serializes
-    the outputs, so no tensor passes through numpy or Python objects. Batched, a second
-    function takes the serialized inputs of every request in the batch, parses and
-    concatenates them in one graph (a ``while_loop`` over requests into ``TensorArray``s),
-    pads to the batch size asked for, and runs the signature once. Both are traced once per
-    signature; the numpy path (``ModelServer.execute``) serves REST and signatures these
-    cannot trace.
+    the outputs, so no tensor passes through numpy or Python objects. Batched, a function
+    takes the serialized inputs of every request in the batch, parses and concatenates them,
+    pads to the batch size asked for and runs the signature once, all in one graph. Batches
+    of up to ``UNROLLED[-1]`` requests are parsed with one ``ParseTensor`` per request and
+    input, by a function traced once per bucket of ``UNROLLED`` (the batch filled up to its
+    bucket with copies of its first request, cut off again after parsing); larger ones by a
+    ``while_loop`` over requests into ``TensorArray``s, which costs about twice as much per
+    request (and the only way until ``warm_batches`` has made the others). The numpy path
+    (``ModelServer.execute``) serves REST and signatures these cannot trace.
     """
+
+    UNROLLED = (1, 2, 4, 8, 16, 32)
 
     def __init__(self, fn, sig):
         self.inputs = sorted(sig.inputs)
         self.outputs = sorted(sig.outputs)
-        dtypes = [tf.dtypes.as_dtype(sig.inputs[n].dtype) for n in self.inputs]
-        shapes = [tf.TensorShape(sig.inputs[n].tensor_shape) for n in self.inputs]
+        self._fn = fn
+        self._dtypes = [tf.dtypes.as_dtype(sig.inputs[n].dtype) for n in self.inputs]
+        self._shapes = [tf.TensorShape(sig.inputs[n].tensor_shape) for n in self.inputs]
         inputs, outputs, n_in = self.inputs, self.outputs, len(self.inputs)
+        dtypes, shapes = self._dtypes, self._shapes
 
         # autograph=False: straight-line graph code (the loop below is tf.while_loop), so no
         # source parsing at load time, which runs in the server's loading thread while other
@@ -62,13 +72,14 @@ class _FastSignature:
 
         self.fn = run.get_concrete_function()
         self.batchable = n_in > 0 and all(s.rank is not None and s.rank >= 1 for s in shapes)
-        self.batch_fn = None
+        self._batch_loop = None
+        self._batch_unrolled: Dict[int, object] = {}  # requests -> warmed batch function
         if not self.batchable:
             return
 
         @tf.function(input_signature=[tf.TensorSpec([None, n_in], tf.string),
                                       tf.TensorSpec([], tf.int32)], autograph=False)
-        def run_batch(serialized, pad_to):
+        def run_loop(serialized, pad_to):
             count = tf.shape(serialized)[0]
             arrays = tuple(tf.TensorArray(dtypes[i], size=count, infer_shape=False,
                                           element_shape=tf.TensorShape([None]).concatenate(
@@ -79,15 +90,79 @@ class _FastSignature:
                     serialized[t, i], dtypes[i])) for i in range(n_in))
 
             looped = tf.while_loop(lambda t, *_: t < count, body, (tf.constant(0),) + arrays)
-            tensors = {}
-            for i, name in enumerate(inputs):
-                value = tf.ensure_shape(looped[1 + i].concat(), shapes[i])
-                missing = tf.maximum(pad_to - tf.shape(value)[0], 0)
-                tensors[name] = tf.concat([value, tf.repeat(value[:1], missing, axis=0)], 0)
-            result = fn(**tensors)
-            return [result[key] for key in outputs]
+            return self._run_rows([looped[1 + i].concat() for i in range(n_in)], None, pad_to)
 
-        self.batch_fn = run_batch.get_concrete_function()
+        self._batch_loop = run_loop.get_concrete_function()
+
+    def _run_rows(self, values, rows, pad_to):
+        """The signature on the parsed inputs' first ``rows`` rows (None: all), padded to
+        ``pad_to`` rows by repeating the first."""
+        tensors = {}
+        for i, name in enumerate(self.inputs):
+            value = tf.ensure_shape(values[i] if rows is None else values[i][:rows],
+                                    self._shapes[i])
+            missing = tf.maximum(pad_to - tf.shape(value)[0], 0)
+            tensors[name] = tf.concat([value, tf.repeat(value[:1], missing, axis=0)], 0)
+        result = self._fn(**tensors)
+        return [result[key] for key in self.outputs]
+
+    def _trace_unrolled(self, count: int):
+        """The batch function for exactly ``count`` requests."""
+        n_in, dtypes = len(self.inputs), self._dtypes
+
+        @tf.function(input_signature=[tf.TensorSpec([count, n_in], tf.string),
+                                      tf.TensorSpec([], tf.int32),
+                                      tf.TensorSpec([], tf.int32)], autograph=False)
+        def run_unrolled(serialized, rows, pad_to):
+            values = []
+            for i in range(n_in):
+                parts = [tf.io.parse_tensor(serialized[t, i], dtypes[i]) for t in range(count)]
+                values.append(tf.concat(parts, 0) if count > 1 else parts[0])
+            return self._run_rows(values, rows, pad_to)
+
+        return run_unrolled.get_concrete_function()
+
+    def warm_batches(self) -> None:
+        """Trace and run every bucket's batch function, then let batches use it. Until then
+        they take the ``while_loop``: tracing and a first run (which optimises the graph)
+        cost a few tenths of a second per bucket, so a loading version does not wait for
+        them (the server runs this in a thread of its own). The first run is on one made-up
+        row (zeros, empty strings); a bucket whose run fails is used untried."""
+        if not self.batchable:
+            return
+        example = []
+        for dtype, shape in zip(self._dtypes, self._shapes):
+            dims = [1] + [1 if d is None else d for d in shape.as_list()[1:]]
+            value = tf.fill(dims, tf.constant("" if dtype == tf.string else 0, dtype))
+            example.append(tf.io.serialize_tensor(value).numpy())
+        for count in self.UNROLLED:
+            if count in self._batch_unrolled:
+                continue
+            fn = self._trace_unrolled(count)
+            try:
+                fn(tf.constant([example] * count, dtype=tf.string), tf.constant(count),
+                   tf.constant(0))
+            except Exception as exc:  # noqa: BLE001 -- only a warm-up missed
+                log.debug("batch function for %d requests not run before use: %s", count, exc)
+            self._batch_unrolled[count] = fn
+
+    def run_batch(self, payloads: List[List[bytes]], rows: int, pad_to: int) -> Dict:
+        """Outputs (numpy) of the requests' serialized inputs run as one batch: their first
+        ``rows`` rows (``_ALL_ROWS``: all), padded to ``pad_to``."""
+        count = len(payloads)
+        bucket = next((b for b in self.UNROLLED if b >= count), None)
+        unrolled = self._batch_unrolled.get(bucket)
+        try:
+            if unrolled is None:
+                result = self._batch_loop(tf.constant(payloads, dtype=tf.string),
+                                          tf.constant(pad_to, tf.int32))
+            else:
+                filled = payloads + [payloads[0]] * (bucket - count)
+                result = unrolled(tf.constant(filled, dtype=tf.string),
+                                  tf.constant(rows, tf.int32), tf.constant(pad_to, tf.int32))
+        except tf.errors.OpError as exc:
+            raise _op_error(exc) from None
+        return {key: value.numpy() for key, value in zip(self.outputs, result)}
 
     def serialize(self, protos) -> List[bytes]:
         return [protos[name].SerializeToString() for name in self.inputs]
@@ -107,19 +182,13 @@ class _ProtoBatch(BatchExecutor):
     def __init__(self, fast: _FastSignature):
         self.fast = fast
 
-    def _run(self, payloads, target):
-        try:
-            result = self.fast.batch_fn(tf.constant(payloads, dtype=tf.string),
-                                        tf.constant(target, tf.int32))
-        except tf.errors.OpError as exc:
-            raise _op_error(exc) from None
-        return {key: value.numpy() for key, value in zip(self.fast.outputs, result)}
-
     def execute_one(self, payload):
-        return self._run([payload], 0)
+        return self.fast.run_batch([payload], _ALL_ROWS, 0)
 
     def execute(self, payloads, sizes, target):
-        return split_outputs(self._run(payloads, target), sizes, max(target, sum(sizes)))
+        rows = sum(sizes)
+        return split_outputs(self.fast.run_batch(payloads, rows, target), sizes,
+                             max(target, rows))
 
 
 def _proto_batch_size(protos) -> Optional[int]:

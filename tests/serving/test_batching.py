@@ -253,3 +253,48 @@ def test_batching_parameters_need_enable_batching(tmp_path):
 
     with pytest.raises(ValueError, match="enable_batching"):
         ModelServer(model_base_path=str(tmp_path), batching_parameters=BatchingOptions())
+
+
+def test_batch_functions_parse_every_bucket_and_the_loop_alike(tmp_path):
+    """Requests batched by the server's batch functions get exactly the rows they would get
+    alone: up to 32 requests through the unrolled buckets (filled with copies that are cut
+    off again), more through the while_loop; padding rows are added after the real ones."""
+    import tensorflow as tf
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    from recsys_tf.serving.signatures import _ALL_ROWS, _FastSignature
+
+    class M(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.float32, name="x"),
+                                      tf.TensorSpec([None], tf.string, name="s")])
+        def serve(self, x, s):
+            return {"y": tf.reduce_sum(x, 1) + tf.strings.to_number(s),
+                    "r": tf.fill(tf.shape(s), tf.shape(s)[0])}
+
+    m = M()
+    path = str(tmp_path / "m")
+    tf.saved_model.save(m, path, signatures={"serving_default": m.serve.get_concrete_function()})
+    saved = saved_model_pb2.SavedModel.FromString(open(f"{path}/saved_model.pb", "rb").read())
+    sig = saved.meta_graphs[0].signature_def["serving_default"]
+    loaded = tf.saved_model.load(path)
+    fast = _FastSignature(loaded.signatures["serving_default"], sig)
+    fast.warm_batches()
+    assert sorted(fast._batch_unrolled) == list(_FastSignature.UNROLLED)
+
+    def request(i, rows):
+        x = np.arange(rows * 2, dtype=np.float32).reshape(rows, 2) + i
+        s = np.array([str(10 * i + r).encode() for r in range(rows)], object)
+        protos = {"x": tf.io.serialize_tensor(tf.constant(x)).numpy(),
+                  "s": tf.io.serialize_tensor(tf.constant(s)).numpy()}
+        return [protos[name] for name in fast.inputs], x.sum(1) + 10 * i + np.arange(rows)
+
+    for count in (1, 3, 8, 33):
+        reqs = [request(i, i % 3 + 1) for i in range(count)]
+        rows = sum(len(want) for _, want in reqs)
+        out = fast.run_batch([p for p, _ in reqs], rows, rows + 5)
+        want = np.concatenate([w for _, w in reqs])
+        assert out["y"].shape == (rows + 5,) and out["r"].tolist() == [rows + 5] * (rows + 5)
+        np.testing.assert_allclose(out["y"][:rows], want)
+        np.testing.assert_allclose(out["y"][rows:], want[0])  # padding repeats the first row
+    one, want = request(7, 4)
+    np.testing.assert_allclose(fast.run_batch([one], _ALL_ROWS, 0)["y"], want)
