@@ -252,6 +252,15 @@ class ServerProcess:
         for line in self.proc.stderr:
             self.lines.append(line)
 
+    def wait_for_lines(self, pattern, count, timeout=600):
+        """Wait until ``count`` lines of the server's log match ``pattern``; False on timeout."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if sum(1 for line in list(self.lines) if re.search(pattern, line)) >= count:
+                return True
+            time.sleep(0.25)
+        return False
+
     @property
     def target(self):
         return f"127.0.0.1:{self.port}"
@@ -483,6 +492,12 @@ def main(argv=None):
                     servers[mode] = ServerProcess(root, (
                         "--enable_batching", "--batching_parameters_file", params,
                         "--rest_api_port", str(rest_ports[mode])))
+                t0 = time.perf_counter()
+                for mode in timeouts:  # measured once every model's batch functions are made
+                    servers[mode].wait_for_lines(r"batch functions (warmed|not warmed)",
+                                                 len(args.models))
+                print(f"  batch functions warmed in {time.perf_counter() - t0:.1f} s",
+                      flush=True)
                 for name in args.models:
                     for c in args.concurrency:
                         results.extend(_measure_cell(args, modes, timeouts, servers, rest_ports,

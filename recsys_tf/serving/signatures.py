@@ -10,6 +10,7 @@ is decoded, and output filters are resolved. ``SignatureRunner`` is that part of
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Dict, List, Optional
 
 import grpc
@@ -27,6 +28,9 @@ log = logging.getLogger("recsys_tf.serving.server")
 
 
 _ALL_ROWS = 2 ** 31 - 1  # a slice end past every batch: all rows
+# One signature's batch functions warm at a time: they hold the interpreter lock while they
+# trace, so warming several at once would only slow the requests being served meanwhile.
+_WARMING = threading.Lock()
 
 
 def _shape_str(dims) -> str:
@@ -130,10 +134,14 @@ class _FastSignature:
         row (zeros, empty strings); a bucket whose run fails is used untried."""
         if not self.batchable:
             return
+        with _WARMING:
+            self._warm_batches()
+
+    def _warm_batches(self) -> None:
         example = []
         for dtype, shape in zip(self._dtypes, self._shapes):
             dims = [1] + [1 if d is None else d for d in shape.as_list()[1:]]
-            value = tf.fill(dims, tf.constant("" if dtype == tf.string else 0, dtype))
+            value = tf.fill(dims, "") if dtype == tf.string else tf.zeros(dims, dtype)
             example.append(tf.io.serialize_tensor(value).numpy())
         for count in self.UNROLLED:
             if count in self._batch_unrolled:
