@@ -494,8 +494,10 @@ def main(argv=None):
                         "--rest_api_port", str(rest_ports[mode])))
                 t0 = time.perf_counter()
                 for mode in timeouts:  # measured once every model's batch functions are made
-                    servers[mode].wait_for_lines(r"batch functions (warmed|not warmed)",
-                                                 len(args.models))
+                    if not servers[mode].wait_for_lines(r"batch functions (warmed|not warmed)",
+                                                        len(args.models), timeout=300):
+                        print(f"  {mode}: not every model logged its batch functions warmed "
+                              "within 300 s; measuring anyway", flush=True)
                 print(f"  batch functions warmed in {time.perf_counter() - t0:.1f} s",
                       flush=True)
                 for name in args.models:

@@ -145,14 +145,12 @@ class _Task:
         self.error: Optional[BaseException] = None
 
     def wait(self) -> None:
+        """Block until ``set_done``; one waiter, once."""
         self._pending.acquire()
-        self._pending.release()  # a second wait (or none) must not block
 
     def set_done(self) -> None:
-        try:
-            self._pending.release()
-        except RuntimeError:  # already done
-            pass
+        """Called once per task, by whichever thread finishes (or cancels) it."""
+        self._pending.release()
 
 
 class _Batch:
@@ -377,6 +375,9 @@ class BatchScheduler:
                         return
                     queue, batch, due = self._ready(time.monotonic())
                     if batch is not None:
+                        # another batch may be ready too (one enqueue can close several):
+                        # let an idle thread look
+                        self._cv.notify()
                         break
                     self._cv.wait(None if due is None else max(0.0, due - time.monotonic()))
             self._execute(queue.executor, batch.tasks)

@@ -175,11 +175,12 @@ class VersionLoader:
         packed.Pack(sig_map)
         ver = _Version(name, version, path, loaded, signature_defs, functions, packed)
         if DEFAULT_SIGNATURE in functions and DEFAULT_SIGNATURE in signature_defs:
-            fast = self._fast(ver, DEFAULT_SIGNATURE)  # traced now, not on the first request
-            if fast is not None and fast.batchable and self.batching is not None:
-                threading.Thread(target=self._warm_batches, args=(ver, fast), daemon=True,
-                                 name=f"warm-batches-{name}-{version}").start()
+            self._fast(ver, DEFAULT_SIGNATURE)  # traced now, not on the first request
         warm = self._run_warmup(ver) if self.warmup else 0
+        fast = ver.fast.get(DEFAULT_SIGNATURE)
+        if fast is not None and fast.batchable and self.batching is not None:
+            threading.Thread(target=self._warm_batches, args=(ver, fast), daemon=True,
+                             name=f"warm-batches-{name}-{version}").start()
         log.info("loaded model %s version %d from %s in %.2fs%s", name, version, path,
                  time.perf_counter() - start, f" ({warm} warmup requests)" if warm else "")
         return ver

@@ -47,7 +47,7 @@ class _FastSignature:
     pads to the batch size asked for and runs the signature once, all in one graph. Batches
     of up to ``UNROLLED[-1]`` requests are parsed with one ``ParseTensor`` per request and
     input, by a function traced once per bucket of ``UNROLLED`` (the batch filled up to its
-    bucket with copies of its first request, cut off again after parsing); larger ones by a
+    bucket with copies of its smallest request, cut off again after parsing); larger ones by a
     ``while_loop`` over requests into ``TensorArray``s, which costs about twice as much per
     request (and the only way until ``warm_batches`` has made the others). The numpy path
     (``ModelServer.execute``) serves REST and signatures these cannot trace.
@@ -82,8 +82,9 @@ class _FastSignature:
             return
 
         @tf.function(input_signature=[tf.TensorSpec([None, n_in], tf.string),
+                                      tf.TensorSpec([], tf.int32),
                                       tf.TensorSpec([], tf.int32)], autograph=False)
-        def run_loop(serialized, pad_to):
+        def run_loop(serialized, rows, pad_to):
             count = tf.shape(serialized)[0]
             arrays = tuple(tf.TensorArray(dtypes[i], size=count, infer_shape=False,
                                           element_shape=tf.TensorShape([None]).concatenate(
@@ -94,17 +95,16 @@ class _FastSignature:
                     serialized[t, i], dtypes[i])) for i in range(n_in))
 
             looped = tf.while_loop(lambda t, *_: t < count, body, (tf.constant(0),) + arrays)
-            return self._run_rows([looped[1 + i].concat() for i in range(n_in)], None, pad_to)
+            return self._run_rows([looped[1 + i].concat() for i in range(n_in)], rows, pad_to)
 
         self._batch_loop = run_loop.get_concrete_function()
 
     def _run_rows(self, values, rows, pad_to):
-        """The signature on the parsed inputs' first ``rows`` rows (None: all), padded to
-        ``pad_to`` rows by repeating the first."""
+        """The signature on the parsed inputs' first ``rows`` rows, padded to ``pad_to`` rows
+        by repeating the first."""
         tensors = {}
         for i, name in enumerate(self.inputs):
-            value = tf.ensure_shape(values[i] if rows is None else values[i][:rows],
-                                    self._shapes[i])
+            value = tf.ensure_shape(values[i][:rows], self._shapes[i])
             missing = tf.maximum(pad_to - tf.shape(value)[0], 0)
             tensors[name] = tf.concat([value, tf.repeat(value[:1], missing, axis=0)], 0)
         result = self._fn(**tensors)
@@ -154,18 +154,22 @@ class _FastSignature:
                 log.debug("batch function for %d requests not run before use: %s", count, exc)
             self._batch_unrolled[count] = fn
 
-    def run_batch(self, payloads: List[List[bytes]], rows: int, pad_to: int) -> Dict:
+    def run_batch(self, payloads: List[List[bytes]], rows: int, pad_to: int,
+                  sizes: Optional[List[int]] = None) -> Dict:
         """Outputs (numpy) of the requests' serialized inputs run as one batch: their first
-        ``rows`` rows (``_ALL_ROWS``: all), padded to ``pad_to``."""
+        ``rows`` rows (``_ALL_ROWS``: all), padded to ``pad_to``. ``sizes`` (the requests'
+        rows, when known) picks the smallest request to fill a bucket with."""
         count = len(payloads)
         bucket = next((b for b in self.UNROLLED if b >= count), None)
         unrolled = self._batch_unrolled.get(bucket)
         try:
             if unrolled is None:
                 result = self._batch_loop(tf.constant(payloads, dtype=tf.string),
+                                          tf.constant(rows, tf.int32),
                                           tf.constant(pad_to, tf.int32))
             else:
-                filled = payloads + [payloads[0]] * (bucket - count)
+                filler = payloads[sizes.index(min(sizes)) if sizes else 0]
+                filled = payloads + [filler] * (bucket - count)
                 result = unrolled(tf.constant(filled, dtype=tf.string),
                                   tf.constant(rows, tf.int32), tf.constant(pad_to, tf.int32))
         except tf.errors.OpError as exc:
@@ -195,7 +199,7 @@ class _ProtoBatch(BatchExecutor):
 
     def execute(self, payloads, sizes, target):
         rows = sum(sizes)
-        return split_outputs(self.fast.run_batch(payloads, rows, target), sizes,
+        return split_outputs(self.fast.run_batch(payloads, rows, target, sizes), sizes,
                              max(target, rows))
 
 
