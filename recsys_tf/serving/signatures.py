@@ -48,8 +48,9 @@ class _FastSignature:
     of up to ``UNROLLED[-1]`` requests are parsed with one ``ParseTensor`` per request and
     input, by a function traced once per bucket of ``UNROLLED`` (the batch filled up to its
     bucket with copies of its smallest request, cut off again after parsing); larger ones by a
-    ``while_loop`` over requests into ``TensorArray``s, which costs about twice as much per
-    request (and the only way until ``warm_batches`` has made the others). The numpy path
+    ``while_loop`` over requests into ``TensorArray``s, which costs more (sixteen 10-row DeepFM
+    requests: 3.6-3.9 ms of CPU against 2.3-2.4) and is the only way until ``warm_batches``
+    has made the others. The numpy path
     (``ModelServer.execute``) serves REST and signatures these cannot trace.
     """
 
@@ -135,9 +136,9 @@ class _FastSignature:
         if not self.batchable:
             return
         with _WARMING:
-            self._warm_batches()
+            self._warm_each_bucket()
 
-    def _warm_batches(self) -> None:
+    def _warm_each_bucket(self) -> None:
         example = []
         for dtype, shape in zip(self._dtypes, self._shapes):
             dims = [1] + [1 if d is None else d for d in shape.as_list()[1:]]
