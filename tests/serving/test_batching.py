@@ -140,6 +140,25 @@ def test_large_batch_splitting_and_allowed_sizes():
     assert all(c["x"] in (4, 8) for c in calls)  # padded up to an allowed size
 
 
+def test_batches_ready_at_once_run_on_all_batch_threads():
+    """One request split into two full batches: both batch threads take one, at the same
+    time (each batch waits for the other at a barrier)."""
+    both = threading.Barrier(2, timeout=10)
+
+    def run(inputs):
+        both.wait()
+        return {"y": inputs["x"] * 2}
+
+    scheduler = BatchScheduler(BatchingOptions(
+        max_batch_size=100, enable_large_batch_splitting=True, max_execution_batch_size=4,
+        batch_timeout_micros=10_000_000, num_batch_threads=2))
+    try:
+        out = scheduler.run(("m",), run, {"x": np.arange(8, dtype=np.float32)})
+    finally:
+        scheduler.stop()
+    np.testing.assert_array_equal(out["y"], np.arange(8) * 2.0)
+
+
 def test_variable_length_inputs_are_padded():
     seen = []
 
