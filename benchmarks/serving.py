@@ -16,7 +16,7 @@ small-request case server-side batching is meant for. Three ways:
   ``--enable_batching``, one per ``--batch-timeout-micros`` (parameters written to the result,
   with the requests merged per batch on average).
 
-The machine these numbers come from is shared with other work, so the three ways are measured
+The machine these numbers come from is shared with other work, so the ways are measured
 back to back for each (model, rows, clients) cell, ``--repeats`` times (default 3) with the
 order rotated, each run lasting ``--seconds`` (default 1) or ``--max-requests``; latency
 percentiles are over all repeats' requests as the client sees them, QPS is the median
@@ -32,7 +32,7 @@ recorded before and after): compare figures from one run only.
 
 Usage::
 
-    python benchmarks/serving.py                   # 5 rankers x 10/100 rows, ~10 min, 2 cores
+    python benchmarks/serving.py                   # 5 rankers x 10/100 rows, ~15 min, 2 cores
     python benchmarks/serving.py --quick           # DeepFM only, one repeat
     python benchmarks/serving.py --models deepfm dcn_v2 --rows 20 --seconds 2
 
@@ -431,7 +431,7 @@ def main(argv=None):
                         help="per cell and repeat (default 2000)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY))
     # One batching server per timeout. On 2 cores, 16 clients' requests reach the queue about
-    # a millisecond apart: 5 ms gathers 4-6 of them, 20 ms most of the 16 (a batch of
+    # a millisecond apart: at 16 clients 5 ms gathered 7-14 of them, 20 ms all 16 (a batch of
     # max_batch_size = 16 requests runs as soon as it is full, whatever the timeout).
     parser.add_argument("--batch-timeout-micros", type=int, nargs="+", default=[5000, 20000],
                         help="batching servers' batch_timeout_micros, one server each "

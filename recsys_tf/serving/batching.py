@@ -138,7 +138,7 @@ class _Task:
     def __init__(self, payload, size: int):
         self.payload = payload
         self.size = size
-        # held until the task is done: a bare lock is the cheapest one-shot signal
+        # held until the task is done: a bare lock, less machinery than an Event
         self._pending = threading.Lock()
         self._pending.acquire()
         self.result = None
