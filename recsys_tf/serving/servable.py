@@ -49,6 +49,7 @@ class _Version:
     metadata_any: any_pb2.Any  # SignatureDefMap packed for GetModelMetadata
     fast: dict = field(default_factory=dict)  # signature -> _FastSignature (None: unusable)
     fast_lock: threading.Lock = field(default_factory=threading.Lock)
+    checks: dict = field(default_factory=dict)  # signature -> its inputs' expectations
     uid: int = field(default_factory=lambda: next(_VERSION_IDS))  # batch queue key
 
 

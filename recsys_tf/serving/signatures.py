@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Dict, List, Optional
+from typing import Dict, List, NamedTuple, Optional
 
 import grpc
 import numpy as np
@@ -35,6 +35,21 @@ _WARMING = threading.Lock()
 
 def _shape_str(dims) -> str:
     return "[" + ",".join(str(d) for d in dims) + "]"
+
+
+def _flat_call(concrete):
+    """``concrete(*tensors)`` for functions called only with tensors that match their input
+    signature: the call goes straight to the function's flat inputs, skipping the binding and
+    checking of structured arguments (45-90 us of a 10-row DeepFM call's 300-430 here).
+    Falls back to the plain call where TensorFlow lacks ``_call_flat`` (pinned: 2.20)."""
+    call_flat = getattr(concrete, "_call_flat", None)
+    if call_flat is None:
+        return concrete
+
+    def call(*tensors):
+        return call_flat(list(tensors), concrete.captured_inputs)
+
+    return call
 
 
 class _FastSignature:
@@ -75,7 +90,7 @@ class _FastSignature:
             result = fn(**tensors)
             return [tf.io.serialize_tensor(result[key]) for key in outputs]
 
-        self.fn = run.get_concrete_function()
+        self.fn = _flat_call(run.get_concrete_function())
         self.batchable = n_in > 0 and all(s.rank is not None and s.rank >= 1 for s in shapes)
         self._batch_loop = None
         self._batch_unrolled: Dict[int, object] = {}  # requests -> warmed batch function
@@ -98,7 +113,7 @@ class _FastSignature:
             looped = tf.while_loop(lambda t, *_: t < count, body, (tf.constant(0),) + arrays)
             return self._run_rows([looped[1 + i].concat() for i in range(n_in)], rows, pad_to)
 
-        self._batch_loop = run_loop.get_concrete_function()
+        self._batch_loop = _flat_call(run_loop.get_concrete_function())
 
     def _run_rows(self, values, rows, pad_to):
         """The signature on the parsed inputs' first ``rows`` rows, padded to ``pad_to`` rows
@@ -125,7 +140,7 @@ class _FastSignature:
                 values.append(tf.concat(parts, 0) if count > 1 else parts[0])
             return self._run_rows(values, rows, pad_to)
 
-        return run_unrolled.get_concrete_function()
+        return _flat_call(run_unrolled.get_concrete_function())
 
     def warm_batches(self) -> None:
         """Trace and run every bucket's batch function, then let batches use it. Until then
@@ -204,18 +219,46 @@ class _ProtoBatch(BatchExecutor):
                              max(target, rows))
 
 
-def _proto_batch_size(protos) -> Optional[int]:
-    """The shared first dimension of the request's tensors, or None (nothing to batch on)."""
-    size = None
-    for proto in protos.values():
-        dims = proto.tensor_shape.dim
-        if not dims:
-            return None
-        if size is None:
-            size = dims[0].size
-        elif dims[0].size != size:
-            return None
-    return size
+def _batch_size(dims: Dict[str, List[int]]) -> Optional[int]:
+    """The inputs' shared first dimension, or None (nothing to batch on)."""
+    sizes = {shape[0] if shape else None for shape in dims.values()}
+    return sizes.pop() if len(sizes) == 1 else None
+
+
+class _Expected(NamedTuple):
+    """What one input of a signature must be, read once from its ``TensorInfo``."""
+
+    dtype: int
+    shape: Optional[List[int]]  # None: any rank
+    rank: int
+    fixed: Optional[tuple]  # (axis, size) of the known dimensions; None: any rank
+    is_string: bool
+    itemsize: Optional[int]  # bytes an element in tensor_content (0 for strings)
+    field: Optional[str]  # repeated field holding the values without tensor_content
+    per: int  # values an element in that field
+    error: str  # why the codec cannot read this dtype (itemsize or field None)
+
+
+def _expected_inputs(sig) -> Dict[str, _Expected]:
+    """Each input of a SignatureDef, by name in sorted order, as ``_check_tensor`` needs it."""
+    out = {}
+    for key in sorted(sig.inputs):
+        info = sig.inputs[key]
+        dtype = info.dtype
+        shape = None if info.tensor_shape.unknown_rank else [d.size for d in
+                                                              info.tensor_shape.dim]
+        is_string = dtype == codec.dtype_enum("string")
+        field, per, itemsize, error = None, 1, None, ""
+        try:
+            field, per = codec.value_field(dtype)
+            itemsize = 0 if is_string else codec.numpy_dtype(dtype).itemsize
+        except TypeError as exc:
+            error = str(exc)
+        out[key] = _Expected(
+            dtype, shape, len(shape or ()),
+            None if shape is None else tuple((i, d) for i, d in enumerate(shape) if d >= 0),
+            is_string, itemsize, field, per, error)
+    return out
 
 
 def _op_error(exc) -> ServingError:
@@ -251,7 +294,10 @@ class SignatureRunner:
     def _run_predict(self, ver: _Version, request, batch: bool = True):
         name = request.model_spec.signature_name or DEFAULT_SIGNATURE
         sig, fn = self.signature_of(ver, name)
-        self._check_inputs(sig, request.inputs)
+        expected = ver.checks.get(name)
+        if expected is None:
+            expected = ver.checks[name] = _expected_inputs(sig)
+        dims = self._check_inputs(sig, request.inputs, expected)
         outputs = self._output_names(sig, request.output_filter)
         response = predict_pb2.PredictResponse()
         response.model_spec.name = ver.model
@@ -264,12 +310,11 @@ class SignatureRunner:
             for key in outputs:
                 response.outputs[key].ParseFromString(serialized[key])
             return response
-        size = _proto_batch_size(request.inputs) if fast is not None else None
+        size = _batch_size(dims) if fast is not None and dims else None
         if size is not None and not self.batching.pad_variable_length_inputs and (
                 size <= self.batching.execution_size):
             # batching: the batch thread parses, concatenates and runs; rows come back here
-            inner = tuple(tuple(d.size for d in request.inputs[k].tensor_shape.dim[1:])
-                          for k in fast.inputs)
+            inner = tuple(tuple(dims[k][1:]) for k in fast.inputs)
             result = scheduler.submit((ver.uid, name, "proto", inner), _ProtoBatch(fast),
                                       fast.serialize(request.inputs), size)
         else:
@@ -344,8 +389,18 @@ class SignatureRunner:
             seen.add(alias)
         return list(output_filter)
 
-    def _check_inputs(self, sig, inputs) -> None:
-        """TF Serving's input checks, made on the protos without decoding any values."""
+    def _check_inputs(self, sig, inputs, expected=None) -> Dict[str, List[int]]:
+        """TF Serving's input checks, made on the protos without decoding any values; returns
+        each input's shape. ``expected``: ``_expected_inputs(sig)``, made once a signature."""
+        if expected is None:
+            expected = _expected_inputs(sig)
+        if len(inputs) != len(expected) or not all(key in inputs for key in expected):
+            self._name_error(sig, inputs)
+        return {key: self._check_tensor(key, inputs[key], want)
+                for key, want in expected.items()}
+
+    @staticmethod
+    def _name_error(sig, inputs) -> None:
         expected = sorted(sig.inputs)
         sent = sorted(inputs)
         if len(sent) != len(expected):
@@ -359,56 +414,53 @@ class SignatureRunner:
             if key not in sig.inputs:
                 raise invalid(f"input tensor alias not found in signature: {key}. Inputs "
                               f"expected to be in the set {{{','.join(expected)}}}.")
-        for key in expected:
-            self._check_tensor(key, inputs[key], sig.inputs[key])
 
-    def _check_tensor(self, key: str, proto, info) -> None:
-        if proto.dtype != info.dtype:
-            raise invalid(f"input '{key}': expects {codec.dtype_name(info.dtype)} but "
-                          f"{codec.dtype_name(proto.dtype)} is provided")
+    def _check_tensor(self, key: str, proto, want: _Expected) -> List[int]:
+        dtype = proto.dtype
+        if dtype != want.dtype:
+            raise invalid(f"input '{key}': expects {codec.dtype_name(want.dtype)} but "
+                          f"{codec.dtype_name(dtype)} is provided")
         shape = proto.tensor_shape
         if shape.unknown_rank:
             raise invalid(f"tensor parsing error: {key}: the tensor has unknown rank")
         dims = [d.size for d in shape.dim]
-        if any(d < 0 for d in dims):
-            raise invalid(f"tensor parsing error: {key}: negative dimension in shape "
-                          f"{_shape_str(dims)}")
         n = 1
         for d in dims:
+            if d < 0:
+                raise invalid(f"tensor parsing error: {key}: negative dimension in shape "
+                              f"{_shape_str(dims)}")
             n *= d
         if n > self.max_message_bytes:
             raise invalid(f"tensor parsing error: {key}: shape {_shape_str(dims)} holds {n} "
                           f"elements, more than this server accepts ({self.max_message_bytes})")
-        is_string = proto.dtype == codec.dtype_enum("string")
-        try:
-            if proto.tensor_content and is_string:       # TensorFlow's packed layout
-                try:
-                    codec.check_packed_strings(proto.tensor_content, n)
-                except ValueError as exc:
-                    raise invalid(f"tensor parsing error: {key}: {exc}") from None
-            elif proto.tensor_content:
-                need = n * codec.numpy_dtype(proto.dtype).itemsize
-                if len(proto.tensor_content) != need:
-                    raise invalid(
-                        f"tensor parsing error: {key}: tensor_content holds "
-                        f"{len(proto.tensor_content)} bytes, but a "
-                        f"{codec.dtype_name(proto.dtype)} tensor of shape {_shape_str(dims)} "
-                        f"needs {need}")
-            else:
-                field_name, per = codec.value_field(proto.dtype)
-                count = len(getattr(proto, field_name))
-                if count > n * per:
-                    raise invalid(f"tensor parsing error: {key}: the TensorProto has "
-                                  f"{count // per} {codec.dtype_name(proto.dtype)} values for "
-                                  f"a tensor of {n} elements")
-        except TypeError as exc:  # a dtype the codec has no layout for
-            raise invalid(f"tensor parsing error: {key}: {exc}") from None
-        want = None if info.tensor_shape.unknown_rank else [d.size for d in
-                                                             info.tensor_shape.dim]
-        if want is not None and (len(want) != len(dims) or any(
-                w >= 0 and w != g for w, g in zip(want, dims))):
+        content = proto.tensor_content
+        if content and want.is_string:       # TensorFlow's packed layout
+            try:
+                codec.check_packed_strings(content, n)
+            except ValueError as exc:
+                raise invalid(f"tensor parsing error: {key}: {exc}") from None
+        elif content and want.itemsize is None:
+            raise invalid(f"tensor parsing error: {key}: {want.error}")
+        elif content:
+            if len(content) != n * want.itemsize:
+                raise invalid(
+                    f"tensor parsing error: {key}: tensor_content holds {len(content)} bytes, "
+                    f"but a {codec.dtype_name(dtype)} tensor of shape {_shape_str(dims)} "
+                    f"needs {n * want.itemsize}")
+        elif want.field is None:  # a dtype the codec has no layout for
+            raise invalid(f"tensor parsing error: {key}: {want.error}")
+        else:
+            count = len(getattr(proto, want.field))
+            if count > n * want.per:
+                raise invalid(f"tensor parsing error: {key}: the TensorProto has "
+                              f"{count // want.per} {codec.dtype_name(dtype)} values for "
+                              f"a tensor of {n} elements")
+        fixed = want.fixed
+        if fixed is not None and (len(dims) != want.rank or any(
+                dims[i] != size for i, size in fixed)):
             raise invalid(f"input '{key}': shape {_shape_str(dims)} is incompatible with the "
-                          f"signature's shape {_shape_str(want)}")
+                          f"signature's shape {_shape_str(want.shape)}")
+        return dims
 
     def _decode_tensor(self, key: str, proto) -> np.ndarray:
         try:

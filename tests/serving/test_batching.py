@@ -317,3 +317,37 @@ def test_batch_functions_parse_every_bucket_and_the_loop_alike(tmp_path):
         np.testing.assert_allclose(out["y"][rows:], want[0])  # padding repeats the first row
     one, want = request(7, 4)
     np.testing.assert_allclose(fast.run_batch([one], _ALL_ROWS, 0)["y"], want)
+
+
+def test_flat_call_matches_the_structured_call_and_falls_back():
+    """The server calls its own functions on their flat inputs: same outputs as the plain
+    call (captured variables included), and the plain call where ``_call_flat`` is missing."""
+    import tensorflow as tf
+
+    from recsys_tf.serving.signatures import _flat_call
+
+    scale = tf.Variable(3.0)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32),
+                                  tf.TensorSpec([], tf.int32)])
+    def f(x, k):
+        return [x * scale, tf.fill([k], 1.5)]
+
+    concrete = f.get_concrete_function()
+    x, k = tf.constant([1.0, 2.0]), tf.constant(3)
+    flat = _flat_call(concrete)
+    assert flat is not concrete
+    got, want = flat(x, k), concrete(x, k)
+    assert len(got) == 2
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    np.testing.assert_array_equal(got[0].numpy(), [3.0, 6.0])
+    scale.assign(2.0)  # captures are read at every call
+    np.testing.assert_array_equal(flat(x, k)[0].numpy(), [2.0, 4.0])
+
+    class NoFlat:
+        def __call__(self, *args):
+            return concrete(*args)
+
+    plain = NoFlat()
+    assert _flat_call(plain) is plain
