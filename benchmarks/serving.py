@@ -4,7 +4,7 @@ For each ranker (DeepFM, Wide&Deep, xDeepFM, DCN-v2, DIEN, as the zoo builds the
 trained for one epoch on the synthetic data set and exported with ``recsys_tf.export``), one
 request is sent over and over by 1, 4 and 16 concurrent clients. Two request sizes
 (``--rows``): 100 rows, what the client sends to rank one user's candidates, and 10 rows, the
-small-request case server-side batching is meant for. Three ways:
+small-request case server-side batching is meant for. The ways:
 
 * ``in_process``: ``tf.saved_model.load(path).signatures["serving_default"]`` called from
   Python threads of the benchmark process, which only loads the SavedModels (training runs
@@ -14,7 +14,14 @@ small-request case server-side batching is meant for. Three ways:
   once, the response decoded every time;
 * ``server_batching_5ms``, ``server_batching_20ms``: the same against servers started with
   ``--enable_batching``, one per ``--batch-timeout-micros`` (parameters written to the result,
-  with the requests merged per batch on average).
+  with the requests merged per batch on average);
+* ``in_process_batched`` (at the highest concurrency only): what a perfect batcher could get
+  out of the model on this machine - the 16 clients' requests stacked into one call of
+  ``16 x rows`` rows, made in-process from ``--num-batch-threads`` threads, with no RPC, no
+  parsing and no waiting; its QPS counts requests (16 a call);
+* ``server_noop_model``: the ``server`` way against a second server (no batching) whose
+  models take the same inputs and return zeros of the same outputs' shapes without computing
+  anything - what a request costs the server, its clients and the loopback besides the model.
 
 The machine these numbers come from is shared with other work, so the ways are measured
 back to back for each (model, rows, clients) cell, ``--repeats`` times (default 3) with the
@@ -25,14 +32,22 @@ repeat's. Two figures are checked against targets:
     server overhead  = p50(server, 1 client) - p50(in_process, 1 client)      target <= 1.5 ms
     batching speed-up = QPS(server_batching_*, 16) / QPS(server, 16)          target >= 1.5x
 
-(the batching speed-up quoted for the timeout that gave the most; all are in the JSON).
+(the batching speed-up quoted for the timeout that gave the most; all are in the JSON), next
+to what bounds it on this machine - a batching server does at least the perfect batcher's work
+on the same cores, and its clients' besides:
+
+    batching bound   = QPS(in_process_batched) / QPS(server, 16)
+    model ceiling    = QPS(in_process_batched) / QPS(in_process, 16)   (the model alone)
+    no-op gain       = QPS(server_noop_model, 16) / QPS(server, 16)    (a model that costs
+                       nothing, still one call a request: the share of the server's cost that
+                       is not the model's)
 
 Everything stays on loopback. The machine may be shared with other work (the load average is
 recorded before and after): compare figures from one run only.
 
 Usage::
 
-    python benchmarks/serving.py                   # 5 rankers x 10/100 rows, ~15 min, 2 cores
+    python benchmarks/serving.py                   # 5 rankers x 10/100 rows, ~16 min, 2 cores
     python benchmarks/serving.py --quick           # DeepFM only, one repeat
     python benchmarks/serving.py --models deepfm dcn_v2 --rows 20 --seconds 2
 
@@ -62,6 +77,10 @@ RANKERS = ("deepfm", "wide_deep", "xdeepfm", "dcn_v2", "dien")
 CONCURRENCY = (1, 4, 16)
 TARGET_OVERHEAD_MS = 1.5
 TARGET_BATCHING_SPEEDUP = 1.5
+# The model alone, batched perfectly: no RPC, no parsing, no waiting (see the docstring)
+IDEAL = "in_process_batched"
+# The same server and inputs with a model that computes nothing (see the docstring)
+NOOP = "server_noop_model"
 
 
 def _load_average():
@@ -305,7 +324,8 @@ def plot(results, path, row_sizes):
                 lat_ax[j].plot(xs, [c["p99_ms"] for c in cells], "x:", color=colors[mode],
                                label=f"{mode} p99")
             qps_ax[j].set_title(f"{model}, {rows} rows/request", fontsize=9)
-            qps_ax[j].set_ylabel("requests/s")
+            qps_ax[j].set_ylabel("requests/s (log)")
+            qps_ax[j].set_yscale("log")  # the perfect batcher is 10x the rest at 10 rows
             lat_ax[j].set_ylabel("latency ms")
             lat_ax[j].set_yscale("log")
             for ax in (qps_ax[j], lat_ax[j]):
@@ -363,8 +383,12 @@ def _measure_cell(args, modes, timeouts, servers, rest_ports, name, rows, c, fn,
     for r in range(args.repeats):
         k = r % len(modes)
         for mode in modes[k:] + modes[:k]:  # rotated: no mode always first
+            threads = c
             if mode == "in_process":
                 make, channels = in_process_caller(fn, arrays), []
+            elif mode == IDEAL:  # c requests' rows in one call, from the batch threads
+                make, channels = in_process_caller(fn, _stacked(arrays, c)), []
+                threads = args.num_batch_threads
             else:
                 make, channels = grpc_caller(servers[mode].target, name, arrays)
             before = []
@@ -373,7 +397,7 @@ def _measure_cell(args, modes, timeouts, servers, rest_ports, name, rows, c, fn,
                 if mode in timeouts:
                     before.extend(_batch_totals(rest_ports[mode]))
 
-            cells[mode].append(run_cell(make, c, args.seconds, args.max_requests,
+            cells[mode].append(run_cell(make, threads, args.seconds, args.max_requests,
                                         on_start=snapshot))
             if mode in timeouts:
                 after = _batch_totals(rest_ports[mode])
@@ -385,6 +409,10 @@ def _measure_cell(args, modes, timeouts, servers, rest_ports, name, rows, c, fn,
     for mode in modes:
         row = {"model": name, "mode": mode, "concurrency": c, "rows": rows,
                **summarize_repeats(cells[mode], rows)}
+        if mode == IDEAL:  # a call is c requests: count requests, as the other modes do
+            row.update(requests_per_call=c, calls_per_s=row["qps"],
+                       qps=round(row["qps"] * c, 1), rows_per_s=round(row["rows_per_s"] * c, 1),
+                       threads=args.num_batch_threads)
         if mode in timeouts:
             row["batch_timeout_micros"] = timeouts[mode]
             row["requests_per_batch"] = round(
@@ -392,6 +420,35 @@ def _measure_cell(args, modes, timeouts, servers, rest_ports, name, rows, c, fn,
         rows_out.append(row)
         _show(row)
     return rows_out
+
+
+def export_noop_models(fns, root):
+    """For each signature in ``fns``, a SavedModel under ``root/NAME/1`` with the same
+    inputs whose ``serving_default`` returns zeros shaped like its outputs (no computing)."""
+    import tensorflow as tf
+
+    for name, fn in fns.items():
+        spec = fn.structured_input_signature[1]
+        outputs = fn.structured_outputs
+
+        class NoOp(tf.Module):
+            @tf.function(input_signature=[spec])
+            def serve(self, inputs):
+                n = tf.shape(inputs[sorted(inputs)[0]])[0]
+                return {k: tf.zeros(tf.concat([[n], tf.constant(v.shape[1:].as_list(),
+                                                                 tf.int32)], 0), v.dtype)
+                        for k, v in outputs.items()}
+
+        module = NoOp()
+        tf.saved_model.save(module, os.path.join(root, name, "1"),
+                            signatures={"serving_default": module.serve.get_concrete_function()})
+
+
+def _stacked(arrays, copies):
+    """``copies`` requests' inputs as one: each array repeated along the batch axis."""
+    import numpy as np
+
+    return {k: np.concatenate([v] * copies) for k, v in arrays.items()}
 
 
 def _free_port():
@@ -449,8 +506,10 @@ def main(argv=None):
     load_before = _load_average()
     results = []
     timeouts = {_batching_mode(t): t for t in args.batch_timeout_micros}
-    modes = ("in_process", "server", *timeouts)
-    with tempfile.TemporaryDirectory(prefix="serving-bench-") as root:
+    modes = ("in_process", "server", NOOP, *timeouts)
+    with tempfile.TemporaryDirectory(prefix="serving-bench-") as tmp:
+        root, noop_root = os.path.join(tmp, "models"), os.path.join(tmp, "noop_models")
+        os.makedirs(root)
         print(f"training {len(args.models)} rankers (1 epoch, synthetic data), in a subprocess",
               flush=True)
         info = _stage(args, "--stage-train", root, *args.models)
@@ -476,7 +535,8 @@ def main(argv=None):
         batching = {"max_batch_size": {rows: rows * max(args.concurrency) for rows in args.rows},
                     "batch_timeout_micros": args.batch_timeout_micros,
                     "max_enqueued_batches": 1000, "num_batch_threads": args.num_batch_threads}
-        servers = {"server": ServerProcess(root)}
+        export_noop_models(fns, noop_root)
+        servers = {"server": ServerProcess(root), NOOP: ServerProcess(noop_root)}
         rest_ports = {}
         try:
             for rows in args.rows:
@@ -502,8 +562,9 @@ def main(argv=None):
                       flush=True)
                 for name in args.models:
                     for c in args.concurrency:
-                        results.extend(_measure_cell(args, modes, timeouts, servers, rest_ports,
-                                                     name, rows, c, fns[name],
+                        cell_modes = modes + (IDEAL,) if c == max(args.concurrency) else modes
+                        results.extend(_measure_cell(args, cell_modes, timeouts, servers,
+                                                     rest_ports, name, rows, c, fns[name],
                                                      arrays[name, rows]))
                 for mode in timeouts:
                     servers.pop(mode).stop()
@@ -524,6 +585,8 @@ def main(argv=None):
             speedups = {timeouts[m]: round(cell(m, c_hi)["qps"] / srv_hi["qps"], 2)
                         if srv_hi["qps"] else 0.0 for m in timeouts}
             best = max(speedups, key=speedups.get)
+            ideal, inproc_hi = cell(IDEAL, c_hi), cell("in_process", c_hi)
+            noop_hi = cell(NOOP, c_hi)
             summary[f"{name}/{rows}_rows"] = {
                 f"server_overhead_p50_ms_at_{c_lo}": overhead,
                 "meets_overhead_target": overhead <= TARGET_OVERHEAD_MS,
@@ -531,6 +594,12 @@ def main(argv=None):
                 f"batching_qps_speedup_at_{c_hi}": speedups[best],
                 "best_batch_timeout_micros": best,
                 "meets_batching_target": speedups[best] >= TARGET_BATCHING_SPEEDUP,
+                f"batching_bound_at_{c_hi}": round(ideal["qps"] / srv_hi["qps"], 2)
+                if srv_hi["qps"] else 0.0,
+                f"model_batching_ceiling_at_{c_hi}": round(ideal["qps"] / inproc_hi["qps"], 2)
+                if inproc_hi["qps"] else 0.0,
+                f"noop_model_gain_at_{c_hi}": round(noop_hi["qps"] / srv_hi["qps"], 2)
+                if srv_hi["qps"] else 0.0,
                 "errors": sum(r["errors"] for r in results
                               if r["model"] == name and r["rows"] == rows)}
     out = {
@@ -542,15 +611,19 @@ def main(argv=None):
         "config": {"models": args.models, "rows_per_request": args.rows,
                    "seconds_per_cell_and_repeat": args.seconds, "repeats": args.repeats,
                    "max_requests_per_cell_and_repeat": args.max_requests,
-                   "method": "every (model, rows, clients) cell runs in_process, server and "
-                             "each server_batching_* back to back, repeated with the order "
-                             "rotated; p50/p99 over all repeats' requests, QPS the median "
-                             "repeat; the batching speed-up is quoted for the best timeout",
+                   "method": "every (model, rows, clients) cell runs in_process, server, "
+                             "server_noop_model and each server_batching_* back to back, "
+                             "repeated with the order rotated; p50/p99 over all repeats' "
+                             "requests, QPS the median repeat; the batching speed-up is "
+                             "quoted for the best timeout; in_process_batched (highest concurrency only) is one call on "
+                             "all clients' requests stacked, from num_batch_threads threads",
                    "concurrency": args.concurrency, "batching_parameters": batching,
                    "in_process": "the benchmark process (training ran in a subprocess): "
                                  "tf.saved_model.load + signature call per request, numpy "
                                  "in and out",
                    "server": "python -m recsys_tf.serving.server (subprocess), default threads",
+                   "noop_models": "same inputs and outputs as each ranker's serving_default, "
+                                  "zeros out, nothing computed; served by a server of their own",
                    "client": "one gRPC channel per client thread, request built once, response "
                              "decoded per call"},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
