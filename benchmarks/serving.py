@@ -615,8 +615,9 @@ def main(argv=None):
                              "server_noop_model and each server_batching_* back to back, "
                              "repeated with the order rotated; p50/p99 over all repeats' "
                              "requests, QPS the median repeat; the batching speed-up is "
-                             "quoted for the best timeout; in_process_batched (highest concurrency only) is one call on "
-                             "all clients' requests stacked, from num_batch_threads threads",
+                             "quoted for the best timeout; in_process_batched (highest "
+                             "concurrency only) is one call on all clients' requests "
+                             "stacked, from num_batch_threads threads",
                    "concurrency": args.concurrency, "batching_parameters": batching,
                    "in_process": "the benchmark process (training ran in a subprocess): "
                                  "tf.saved_model.load + signature call per request, numpy "
