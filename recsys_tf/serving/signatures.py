@@ -389,11 +389,9 @@ class SignatureRunner:
             seen.add(alias)
         return list(output_filter)
 
-    def _check_inputs(self, sig, inputs, expected=None) -> Dict[str, List[int]]:
+    def _check_inputs(self, sig, inputs, expected) -> Dict[str, List[int]]:
         """TF Serving's input checks, made on the protos without decoding any values; returns
         each input's shape. ``expected``: ``_expected_inputs(sig)``, made once a signature."""
-        if expected is None:
-            expected = _expected_inputs(sig)
         if len(inputs) != len(expected) or not all(key in inputs for key in expected):
             self._name_error(sig, inputs)
         return {key: self._check_tensor(key, inputs[key], want)
