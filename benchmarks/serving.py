@@ -45,13 +45,22 @@ on the same cores, and its clients' besides:
 Everything stays on loopback. The machine may be shared with other work (the load average is
 recorded before and after): compare figures from one run only.
 
+Where the cores are: by default the servers and the benchmark process (its client threads and
+the in-process calls) share every core, so the clients' own gRPC work competes with the
+server's. ``--pin SERVER:CLIENTS`` (e.g. ``0:1``) keeps them apart, as a deployment does whose
+load comes from other machines: every server on the cores listed first, the benchmark process
+- client threads, in-process calls and the perfect batcher - on the others. The figures then
+say what the server does with its cores, the in-process ways what the model does with as many.
+
 Usage::
 
     python benchmarks/serving.py                   # 5 rankers x 10/100 rows, ~16 min, 2 cores
     python benchmarks/serving.py --quick           # DeepFM only, one repeat
     python benchmarks/serving.py --models deepfm dcn_v2 --rows 20 --seconds 2
+    python benchmarks/serving.py --pin 0:1         # servers on core 0, clients on core 1
 
-Writes ``benchmarks/results/serving.json`` and ``benchmarks/results/serving.png``.
+Writes ``benchmarks/results/serving.json`` and ``benchmarks/results/serving.png``
+(``serving_pinned.*`` with ``--pin``).
 """
 from __future__ import annotations
 
@@ -81,6 +90,39 @@ TARGET_BATCHING_SPEEDUP = 1.5
 IDEAL = "in_process_batched"
 # The same server and inputs with a model that computes nothing (see the docstring)
 NOOP = "server_noop_model"
+
+
+def _cpus(text):
+    """``"0,2-3"`` -> ``{0, 2, 3}``."""
+    out = set()
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def parse_pin(text):
+    """``"SERVER:CLIENTS"`` (each a list of CPUs such as ``0`` or ``0,2-3``) -> two sets."""
+    try:
+        server, clients = (_cpus(part) for part in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--pin takes SERVER_CPUS:CLIENT_CPUS such as 0:1 or 0-1:2-3, got {text!r}") from None
+    usable = os.sched_getaffinity(0)
+    if not server or not clients or server & clients or not (server | clients) <= usable:
+        raise argparse.ArgumentTypeError(
+            f"--pin {text}: two disjoint, non-empty sets of this process's CPUs "
+            f"{sorted(usable)} expected")
+    return server, clients
+
+
+def pin_this_process(cpus):
+    """Every thread of this process (TensorFlow's pools included) onto ``cpus``."""
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except OSError:  # a thread that ended meanwhile
+            pass
 
 
 def _load_average():
@@ -243,13 +285,14 @@ def grpc_caller(target, model, arrays):
 class ServerProcess:
     """``python -m recsys_tf.serving.server`` on 127.0.0.1, port chosen by the OS."""
 
-    def __init__(self, root, extra_args=()):
+    def __init__(self, root, extra_args=(), cpus=None):
         cmd = [sys.executable, "-m", "recsys_tf.serving.server", "--model_base_path", root,
                "--host", "127.0.0.1", "--port", "0", "--file_system_poll_wait_seconds", "0",
                *extra_args]
         env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        pin = None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
         self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                     text=True, env=env, cwd=ROOT)
+                                     text=True, env=env, cwd=ROOT, preexec_fn=pin)
         self.lines = []
         self.port = None
         deadline = time.time() + 300
@@ -294,7 +337,7 @@ class ServerProcess:
 
 
 # --------------------------------------------------------------------------- plot
-def plot(results, path, row_sizes):
+def plot(results, path, row_sizes, layout=""):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -337,7 +380,7 @@ def plot(results, path, row_sizes):
         qps_ax[0].legend(fontsize=7)
         lat_ax[0].legend(fontsize=6)
     fig.suptitle("Predict: in-process vs bundled server (gRPC, loopback), with and without "
-                 "server-side batching", fontsize=10)
+                 f"server-side batching{'; ' + layout if layout else ''}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -494,9 +537,19 @@ def main(argv=None):
                         help="batching servers' batch_timeout_micros, one server each "
                              "(default 5000 20000)")
     parser.add_argument("--num-batch-threads", type=int, default=1)
+    parser.add_argument("--pin", type=parse_pin, default=None, metavar="SERVER:CLIENTS",
+                        help="run the servers on the CPUs before the colon and this process "
+                             "(clients, in-process calls) on those after it, e.g. 0:1 "
+                             "(default: all share every CPU)")
     parser.add_argument("--quick", action="store_true", help="DeepFM only, 1 repeat")
-    parser.add_argument("--out", default=os.path.join(HERE, "results", "serving.json"))
+    parser.add_argument("--out", default=None,
+                        help="default: benchmarks/results/serving.json "
+                             "(serving_pinned.json with --pin)")
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = os.path.join(HERE, "results",
+                                "serving_pinned.json" if args.pin else "serving.json")
+    server_cpus, client_cpus = args.pin or (None, None)
     if args.quick:
         args.models, args.repeats = ["deepfm"], 1
     import numpy as np
@@ -519,6 +572,8 @@ def main(argv=None):
             raise SystemExit(f"no model could be trained and exported: {skipped}")
         # This process only loads the SavedModels: it is the in-process baseline and the
         # gRPC client, one at a time.
+        if client_cpus:
+            pin_this_process(client_cpus)
         ds = _dataset()
         fns, arrays = {}, {}
         for name in args.models:
@@ -536,7 +591,8 @@ def main(argv=None):
                     "batch_timeout_micros": args.batch_timeout_micros,
                     "max_enqueued_batches": 1000, "num_batch_threads": args.num_batch_threads}
         export_noop_models(fns, noop_root)
-        servers = {"server": ServerProcess(root), NOOP: ServerProcess(noop_root)}
+        servers = {"server": ServerProcess(root, cpus=server_cpus),
+                   NOOP: ServerProcess(noop_root, cpus=server_cpus)}
         rest_ports = {}
         try:
             for rows in args.rows:
@@ -551,7 +607,7 @@ def main(argv=None):
                     rest_ports[mode] = _free_port()
                     servers[mode] = ServerProcess(root, (
                         "--enable_batching", "--batching_parameters_file", params,
-                        "--rest_api_port", str(rest_ports[mode])))
+                        "--rest_api_port", str(rest_ports[mode])), cpus=server_cpus)
                 t0 = time.perf_counter()
                 for mode in timeouts:  # measured once every model's batch functions are made
                     if not servers[mode].wait_for_lines(r"batch functions (warmed|not warmed)",
@@ -619,6 +675,9 @@ def main(argv=None):
                              "concurrency only) is one call on all clients' requests "
                              "stacked, from num_batch_threads threads",
                    "concurrency": args.concurrency, "batching_parameters": batching,
+                   "cpus": ({"servers": sorted(server_cpus), "benchmark_process": sorted(
+                       client_cpus)} if args.pin else "shared: servers and this process on "
+                            "every CPU"),
                    "in_process": "the benchmark process (training ran in a subprocess): "
                                  "tf.saved_model.load + signature call per request, numpy "
                                  "in and out",
@@ -637,7 +696,10 @@ def main(argv=None):
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(out, f, indent=2)
-    plot(results, os.path.splitext(args.out)[0] + ".png", args.rows)
+    layout = (f"servers on CPU {','.join(map(str, sorted(server_cpus)))}, clients on "
+              f"{','.join(map(str, sorted(client_cpus)))}" if args.pin else
+              f"servers and clients sharing {os.cpu_count()} CPUs")
+    plot(results, os.path.splitext(args.out)[0] + ".png", args.rows, layout)
     print(json.dumps(summary, indent=2))
     print(f"wrote {args.out} ({out['seconds']} s)")
     return 0
