@@ -180,24 +180,27 @@ class VersionLoader:
         warm = self._run_warmup(ver) if self.warmup else 0
         fast = ver.fast.get(DEFAULT_SIGNATURE)
         if fast is not None and fast.batchable and self.batching is not None:
-            threading.Thread(target=self._warm_batches, args=(ver, fast), daemon=True,
+            threading.Thread(target=self._warm_batches,
+                             args=(ver, fast, self.batching.warm_sizes()), daemon=True,
                              name=f"warm-batches-{name}-{version}").start()
         log.info("loaded model %s version %d from %s in %.2fs%s", name, version, path,
                  time.perf_counter() - start, f" ({warm} warmup requests)" if warm else "")
         return ver
 
     @staticmethod
-    def _warm_batches(ver: _Version, fast) -> None:
-        """Make a version's batch functions (``_FastSignature.warm_batches``); logs when done."""
+    def _warm_batches(ver: _Version, fast, sizes=()) -> None:
+        """Make a version's batch functions and run the model at the batch ``sizes``
+        (``_FastSignature.warm_batches``); logs when done."""
         start = time.perf_counter()
         try:
-            fast.warm_batches()
+            fast.warm_batches(sizes)
         except Exception as exc:  # noqa: BLE001 -- batches keep the while_loop path
             log.warning("model %s version %d: batch functions not warmed: %s", ver.model,
                         ver.version, exc)
             return
-        log.info("model %s version %d: batch functions warmed in %.2fs", ver.model,
-                 ver.version, time.perf_counter() - start)
+        log.info("model %s version %d: batch functions warmed in %.2fs (batch sizes run: %s)",
+                 ver.model, ver.version, time.perf_counter() - start,
+                 ", ".join(map(str, fast.warmed_sizes)) or "none")
 
     def _run_warmup(self, ver: _Version) -> int:
         """Replay the version's warmup records; any failure fails the load, as in TF Serving."""

@@ -129,9 +129,15 @@ def test_full_queue_is_unavailable():
 
 def test_large_batch_splitting_and_allowed_sizes():
     calls = []
-    scheduler = BatchScheduler(BatchingOptions(
+    options = BatchingOptions(
         max_batch_size=100, enable_large_batch_splitting=True, max_execution_batch_size=8,
-        allowed_batch_sizes=(4, 8), num_batch_threads=1))
+        allowed_batch_sizes=(4, 8), num_batch_threads=1)
+    # a loading version is warmed at the sizes its batches run at
+    assert options.warm_sizes() == (4, 8)
+    assert BatchingOptions(max_batch_size=48).warm_sizes() == (48,)
+    assert BatchingOptions(max_batch_size=100, enable_large_batch_splitting=True,
+                           max_execution_batch_size=8).warm_sizes() == (8,)
+    scheduler = BatchScheduler(options)
     try:
         out = scheduler.run(("m",), _double(calls), {"x": np.arange(19, dtype=np.float32)})
     finally:
@@ -258,6 +264,12 @@ def test_batching_through_the_server(tmp_path):
         for t in threads:
             t.join(60)
         assert errors == []
+        # the model was also run once at the largest batch (64 rows) while the version loaded
+        fast = srv._models["m"].versions[1].fast["serving_default"]
+        deadline = time.monotonic() + 60
+        while not fast.warmed_sizes and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert fast.warmed_sizes == (64,)
         with ServingClient(srv.target) as c:
             out = c.predict("m", {"x": np.array([1.0, 5.0, 3.0], np.float32),
                                   "k": np.array(2, np.int32)}, signature="topk")
@@ -317,6 +329,46 @@ def test_batch_functions_parse_every_bucket_and_the_loop_alike(tmp_path):
         np.testing.assert_allclose(out["y"][rows:], want[0])  # padding repeats the first row
     one, want = request(7, 4)
     np.testing.assert_allclose(fast.run_batch([one], _ALL_ROWS, 0)["y"], want)
+
+
+def test_warm_batches_runs_the_model_at_each_batch_size():
+    """``warm_batches(sizes)`` runs the model itself at each size (rows) a batch will have,
+    once, after the bucket functions; batches afterwards are unchanged."""
+    import tensorflow as tf
+    from tensorflow.core.framework import types_pb2
+    from tensorflow.core.protobuf import meta_graph_pb2
+
+    from recsys_tf.serving.signatures import _FastSignature
+
+    seen = []  # batch sizes the model ran at, recorded as it runs
+
+    def record(n):
+        seen.append(int(n))
+        return n
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.float32, name="x")])
+    def serve(x):
+        n = tf.py_function(record, [tf.shape(x)[0]], tf.int32)
+        with tf.control_dependencies([n]):
+            return {"y": tf.reduce_sum(x, 1)}
+
+    sig = meta_graph_pb2.SignatureDef()
+    sig.inputs["x"].dtype = types_pb2.DT_FLOAT
+    sig.inputs["x"].tensor_shape.dim.add(size=-1)
+    sig.inputs["x"].tensor_shape.dim.add(size=2)
+    sig.outputs["y"].dtype = types_pb2.DT_FLOAT
+    sig.outputs["y"].tensor_shape.dim.add(size=-1)
+    fast = _FastSignature(serve.get_concrete_function(), sig)
+    fast.warm_batches(sizes=(64, 1, 5, 64))
+    # each bucket runs on as many made-up rows as it takes requests, then each size
+    assert seen == list(_FastSignature.UNROLLED) + [5, 64]
+    assert fast.warmed_sizes == (5, 64)
+
+    x = np.arange(6, dtype=np.float32).reshape(3, 2)
+    payload = [tf.io.serialize_tensor(tf.constant(x)).numpy()]
+    np.testing.assert_allclose(fast.run_batch([payload, payload], 6, 8)["y"][:6],
+                               np.tile(x.sum(1), 2))
+    assert seen[-1] == 8
 
 
 def test_flat_call_matches_the_structured_call_and_falls_back():
