@@ -90,7 +90,8 @@ def cmd_data(args):
 # -- train ---------------------------------------------------------------------------------
 def train(model_name, ds, epochs=None, batch_size=None, export_dir=None, learning_rate=None,
           verbose=None, options=None, export_name=None, scann=True, scann_recall=0.95,
-          scann_index_k=None, embedding_lr_multiplier=None, weight_averaging=None):
+          scann_index_k=None, embedding_lr_multiplier=None, weight_averaging=None,
+          warmup_batch_sizes=()):
     """Trains ``model_name`` on ``ds``, evaluates it, optionally exports; returns the metrics.
 
     ``two_tower`` exports twice: ``<export_dir>/two_tower`` (brute force, stock ops) and, when
@@ -100,7 +101,8 @@ def train(model_name, ds, epochs=None, batch_size=None, export_dir=None, learnin
     rankers' embedding tables learn at this multiple of ``learning_rate`` (default: the
     trainer's, :data:`recsys_tf.training.EMBEDDING_LR_MULTIPLIER`). ``weight_averaging``: the
     rankers' weight-average momentum (0: off; default: the trainer's, see
-    :func:`recsys_tf.training.train_ranker`).
+    :func:`recsys_tf.training.train_ranker`). ``warmup_batch_sizes``: rankers' exports also
+    get a warmup request of each of these many rows (:func:`recsys_tf.export.write_warmup`).
     """
     from recsys_tf import export, models, training
 
@@ -147,7 +149,8 @@ def train(model_name, ds, epochs=None, batch_size=None, export_dir=None, learnin
                               scann_recall, scann_index_k)
         else:
             sample = fs.arrays(ds.test.head(3), model.features)
-            path = export.export_ranker(model, export_dir, name, card=card, warmup_inputs=sample)
+            path = export.export_ranker(model, export_dir, name, card=card, warmup_inputs=sample,
+                                        warmup_batch_sizes=warmup_batch_sizes)
         result["export_path"] = path
     return result, model
 
@@ -189,6 +192,10 @@ def cmd_train(args):
         _say(f"error: --weight-averaging {averaging:g}: expected a momentum in [0, 1) "
              "(0 turns averaging off)")
         return 2
+    bad = [n for n in args.warmup_batch_sizes if n < 1]
+    if bad:
+        _say(f"error: --warmup-batch-sizes {bad[0]}: expected a number of rows >= 1")
+        return 2
     ds = _load_data(args)
     _say(f"training {args.model} on {ds.name}: {len(ds.train):,} training rows")
     result, _ = train(args.model, ds, epochs=args.epochs, batch_size=args.batch_size,
@@ -196,7 +203,7 @@ def cmd_train(args):
                       options=_parse_options(args.model_option, "--model-option"),
                       scann=not args.no_scann, scann_recall=args.scann_recall,
                       scann_index_k=args.scann_index_k, embedding_lr_multiplier=multiplier,
-                      weight_averaging=averaging)
+                      weight_averaging=averaging, warmup_batch_sizes=args.warmup_batch_sizes)
     text = json.dumps(result, indent=2)
     print(text)
     if args.metrics_out:
@@ -458,6 +465,11 @@ def build_parser():
                    "(default min(n_items, 1000))")
     s.add_argument("--no-scann", action="store_true",
                    help="two_tower: skip the ScaNN export (two_tower_scann)")
+    s.add_argument("--warmup-batch-sizes", type=int, nargs="+", default=[], metavar="N",
+                   help="rankers: add a warmup request of N rows per size to the export, so "
+                   "a batching TF Serving runs the model at those batch sizes when it loads "
+                   "(its allowed_batch_sizes, or its max_batch_size; each at most "
+                   "max_batch_size)")
     s.set_defaults(fn=cmd_train)
 
     s = sub.add_parser("evaluate", help="score an exported ranker on a data set's test split")

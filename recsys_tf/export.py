@@ -99,21 +99,28 @@ def read_model_card(path):
         return json.load(f)
 
 
-def write_warmup(path, model_name, inputs, signature="serving_default", n=3):
-    """``assets.extra/tf_serving_warmup_requests``: ``n`` PredictionLog records TF Serving
-    replays at load time (and the bundled server does too)."""
+def write_warmup(path, model_name, inputs, signature="serving_default", n=3, batch_sizes=()):
+    """``assets.extra/tf_serving_warmup_requests``: PredictionLog records TF Serving replays
+    at load time (and the bundled server does too): ``n`` one-row requests, then one request
+    of each of ``batch_sizes`` rows (the sample rows repeated). A model's first run at a batch
+    size it has not run before is slow (see serving/README.md), so the sizes a batching server
+    will run at - its ``allowed_batch_sizes``, or its ``max_batch_size`` - are best paid for
+    here; each must be at most the server's ``max_batch_size``, or TF Serving fails the load."""
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
+    sizes = [int(b) for b in batch_sizes]
+    if any(b < 1 for b in sizes):
+        raise ValueError(f"warmup batch sizes must be positive, got {list(batch_sizes)}")
+    arrays = {k: np.asarray(v) for k, v in inputs.items()}
     extra = os.path.join(path, "assets.extra")
     os.makedirs(extra, exist_ok=True)
     with tf.io.TFRecordWriter(os.path.join(extra, "tf_serving_warmup_requests")) as w:
-        for i in range(n):
+        for rows in [np.array([i]) for i in range(n)] + [np.arange(b) for b in sizes]:
             req = predict_pb2.PredictRequest(
                 model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature))
-            for k, v in inputs.items():
-                v = np.asarray(v)
-                row = v if v.ndim == 0 else v[i % len(v): i % len(v) + 1]
-                req.inputs[k].CopyFrom(tf.make_tensor_proto(row))
+            for k, v in arrays.items():
+                part = v if v.ndim == 0 else v[rows % len(v)]
+                req.inputs[k].CopyFrom(tf.make_tensor_proto(part))
             log = prediction_log_pb2.PredictionLog(
                 predict_log=prediction_log_pb2.PredictLog(request=req))
             w.write(log.SerializeToString())
@@ -130,10 +137,13 @@ def _signatures_summary(fns):
     return out
 
 
-def export_ranker(model, export_root, name, card=None, warmup_inputs=None, version=None):
+def export_ranker(model, export_root, name, card=None, warmup_inputs=None, version=None,
+                  warmup_batch_sizes=()):
     """Writes a ranker as ``<export_root>/<name>/<version>``; returns that path.
 
     ``serving_default``: the model's raw features -> ``{"probability": [batch]}``.
+    ``warmup_inputs`` (sample rows by feature name) become warmup records: three one-row
+    requests and one of each of ``warmup_batch_sizes`` rows (:func:`write_warmup`).
     """
     path, version = _target(export_root, name, version)
 
@@ -145,11 +155,13 @@ def export_ranker(model, export_root, name, card=None, warmup_inputs=None, versi
     final = path
     with _staged(final) as path:
         tf.saved_model.save(model, path, signatures=fns)
-        _ranker_extras(model, path, name, version, fns, card, warmup_inputs)
+        _ranker_extras(model, path, name, version, fns, card, warmup_inputs,
+                       warmup_batch_sizes)
     return final
 
 
-def _ranker_extras(model, path, name, version, fns, card, warmup_inputs):
+def _ranker_extras(model, path, name, version, fns, card, warmup_inputs,
+                   warmup_batch_sizes=()):
     full = {"name": name, "version": version, "kind": "ranker",
             "model": type(model).__name__, "config": {k: v for k, v in model.get_config().items()
                                                       if k != "feature_set"},
@@ -157,7 +169,7 @@ def _ranker_extras(model, path, name, version, fns, card, warmup_inputs):
     full.update(card or {})
     write_model_card(path, full)
     if warmup_inputs is not None:
-        write_warmup(path, name, warmup_inputs)
+        write_warmup(path, name, warmup_inputs, batch_sizes=warmup_batch_sizes)
 
 
 def _check_k(k, limit, what):

@@ -32,12 +32,33 @@ def test_train_ranker_writes_contract_metrics(tmp_path):
     assert main(["train", "deepfm", "--data", "synthetic", *TINY_OPTS, "--epochs", "1",
                  "--model-option", "dim=4", "--model-option", "dnn_units=[8]",
                  "--embedding-lr-multiplier", "1.5", "--weight-averaging", "0",
-                 "--export-dir", str(tmp_path / "sm")]) == 0
+                 "--warmup-batch-sizes", "8", "20", "--export-dir", str(tmp_path / "sm")]) == 0
     assert (tmp_path / "sm" / "deepfm" / "2" / "saved_model.pb").exists()
     training = read_model_card(str(tmp_path / "sm" / "deepfm" / "2"))["training"]
     assert training["embedding_lr_multiplier"] == 1.5 and training["weight_averaging"] == 0.0
+    # warmup records: three one-row requests, then one per --warmup-batch-sizes entry, each a
+    # valid request for the exported signature
+    assert _warmup_rows(tmp_path / "sm" / "deepfm" / "1") == [1, 1, 1]
+    assert _warmup_rows(tmp_path / "sm" / "deepfm" / "2") == [1, 1, 1, 8, 20]
     config = model_config_text(str(tmp_path / "sm"))
     assert 'name: "deepfm"' in config and "model_platform" in config
+
+
+def _warmup_rows(version_dir):
+    """Rows of each warmup request, after running it through the exported signature."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    fn = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
+    rows = []
+    for record in tf.data.TFRecordDataset(str(version_dir / "assets.extra" /
+                                              "tf_serving_warmup_requests")):
+        request = prediction_log_pb2.PredictionLog.FromString(record.numpy()).predict_log.request
+        inputs = {k: tf.constant(tf.make_ndarray(v)) for k, v in request.inputs.items()}
+        out = fn(**inputs)["probability"].numpy()
+        assert sorted(inputs) == sorted(fn.structured_input_signature[1])
+        rows.append(len(out))
+    return rows
 
 
 def test_train_two_tower_writes_retrieval_metrics(tmp_path):
@@ -71,6 +92,8 @@ def test_unknown_model_and_dataset_are_clear_errors(capsys):
     assert "--embedding-lr-multiplier 0: expected a number > 0" in capsys.readouterr().out
     assert main(["train", "deepfm", "--data", "synthetic", "--weight-averaging", "1"]) == 2
     assert "--weight-averaging 1: expected a momentum in [0, 1)" in capsys.readouterr().out
+    assert main(["train", "deepfm", "--data", "synthetic", "--warmup-batch-sizes", "0"]) == 2
+    assert "--warmup-batch-sizes 0: expected a number of rows >= 1" in capsys.readouterr().out
     with pytest.raises(ValueError, match="unknown dataset 'nope'"):
         main(["train", "deepfm", "--data", "nope"])
     with pytest.raises(SystemExit, match="expected KEY=VALUE"):
