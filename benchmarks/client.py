@@ -69,6 +69,7 @@ def prepare(models_dir, quick, say):
     from recsys_tf.cli import train
 
     config = _config(quick)
+    config["exports"] = 2   # 2: rankers with the one_user signature (re-exported when older)
     ds = data.load("synthetic", None, **config["data"])
     stamp = os.path.join(models_dir, "config.json")
     if os.path.exists(stamp) and json.load(open(stamp)) == config:
@@ -144,6 +145,8 @@ class LocalModels:
     def signature(self, model, signature="serving_default", version=None, refresh=False,
                   timeout=None):
         v, loaded = self._load(model)
+        if signature not in loaded.signatures:     # as ServingClient.signature says it
+            raise ValueError(f"model {model!r} has no signature {signature!r}")
         fn = loaded.signatures[signature]
         return {"inputs": self._describe(fn.structured_input_signature[1]),
                 "outputs": self._describe(fn.structured_outputs), "version": v,

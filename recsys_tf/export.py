@@ -11,7 +11,9 @@ Layout, exactly as TensorFlow Serving expects::
                                                               item table and user table)
 
 Versions are integers; a new export takes the next one. Rankers export ``serving_default``:
-raw features (input names = FeatureSet names) -> ``probability``. Retrieval models export
+raw features (input names = FeatureSet names) -> ``probability``, and ``one_user``: the same
+with the user and context features given once (one row) for all the candidates' rows, which
+the signature repeats in-graph (see :func:`export_ranker`). Retrieval models export
 ``serving_default``: query features + ``k`` -> ``item_ids``, ``scores`` (brute force, stock ops
 only) and ``query_embedding``: query features -> ``embedding``; the ScaNN flavour
 (:func:`export_scann_retrieval`, ``<export_root>/two_tower_scann/<version>``) has the same
@@ -31,6 +33,7 @@ import numpy as np
 from recsys_tf.backend import tf
 
 RANKER_SIGNATURE = "serving_default"
+ONE_USER_SIGNATURE = "one_user"
 RETRIEVAL_SIGNATURE = "serving_default"
 QUERY_SIGNATURE = "query_embedding"
 
@@ -142,6 +145,10 @@ def export_ranker(model, export_root, name, card=None, warmup_inputs=None, versi
     """Writes a ranker as ``<export_root>/<name>/<version>``; returns that path.
 
     ``serving_default``: the model's raw features -> ``{"probability": [batch]}``.
+    ``one_user`` (when the model has both item features and user or context features): the
+    same inputs and output, but the user and context features are one row ``[1, ...]``
+    that stands for every candidate row (:func:`one_user_signature`), so a request scoring
+    500 candidates for one user carries the user's features once instead of 500 times.
     ``warmup_inputs`` (sample rows by feature name) become warmup records: three one-row
     requests and one of each of ``warmup_batch_sizes`` rows (:func:`write_warmup`).
     """
@@ -151,13 +158,50 @@ def export_ranker(model, export_root, name, card=None, warmup_inputs=None, versi
     def serve(**inputs):
         return {model.output_name: model(inputs, training=False)}
 
-    fns = {RANKER_SIGNATURE: serve.get_concrete_function(**model.input_signature())}
+    specs = model.input_signature()
+    fns = {RANKER_SIGNATURE: serve.get_concrete_function(**specs)}
+    one_user = one_user_signature(model, specs)
+    if one_user is not None:
+        fns[ONE_USER_SIGNATURE] = one_user
     final = path
     with _staged(final) as path:
         tf.saved_model.save(model, path, signatures=fns)
         _ranker_extras(model, path, name, version, fns, card, warmup_inputs,
                        warmup_batch_sizes)
     return final
+
+
+def one_user_signature(model, specs):
+    """The ranker ``model`` scoring one user's candidates, as a concrete function; or None.
+
+    The inputs are ``specs`` (the raw features) with the batch dimension of every feature
+    whose role is not ``"item"`` fixed at 1: that row stands for every row of the item
+    features (``n`` = rows of the first item input). A model that takes encoded inputs looks
+    the row up once and repeats its indices (``model.encode_inputs(inputs, rows=n)``); any
+    other repeats the raw row. Either way it answers what the model answers with the user's row
+    repeated ``n`` times. None when the inputs hold no item feature, or only item features.
+    TF Serving's batching refuses requests whose inputs differ in their first dimension, so
+    this signature is for servers without ``--enable_batching``; the client falls back to
+    ``serving_default`` when it is refused.
+    """
+    fs = model.feature_set
+    items = [n for n in specs if fs[n].role == "item"]
+    once = [n for n in specs if n not in items]
+    if not items or not once:
+        return None
+    one = {n: tf.TensorSpec([1] + s.shape.as_list()[1:], s.dtype, name=n) if n in once else s
+           for n, s in specs.items()}
+
+    @tf.function
+    def one_user(**inputs):
+        rows = tf.shape(inputs[items[0]])[0]
+        if model.supports_encoded_inputs:
+            x = model.encode_inputs(inputs, rows=rows)
+        else:
+            x = {n: tf.repeat(v, rows, axis=0) if n in once else v for n, v in inputs.items()}
+        return {model.output_name: model(x, training=False)}
+
+    return one_user.get_concrete_function(**one)
 
 
 def _ranker_extras(model, path, name, version, fns, card, warmup_inputs,

@@ -40,6 +40,31 @@ def test_deepfm_reload_matches_keras(trained, tiny_synthetic):
     assert got.shape == (32,) and np.all((got > 0) & (got < 1))
 
 
+
+def test_one_user_signature_matches_serving_default_on_repeated_rows(trained, tiny_synthetic):
+    """``one_user`` takes the user/context features once ([1, ...]) and the items' rows, and
+    answers what ``serving_default`` answers with that row repeated for every item row."""
+    metrics, model = trained["deepfm"]
+    fs = tiny_synthetic.feature_set
+    loaded = tf.saved_model.load(metrics["export_path"])
+    default, one = loaded.signatures["serving_default"], loaded.signatures["one_user"]
+    specs = one.structured_input_signature[1]
+    assert sorted(specs) == sorted(model.features)
+    items = {n for n in model.features if fs[n].role == "item"}
+    assert items and items != set(model.features)
+    for name, spec in specs.items():
+        assert spec.shape.as_list()[0] == (None if name in items else 1), name
+    rows = tiny_synthetic.test.head(12)
+    x = fs.arrays(rows, model.features)
+    user = {n: v[:1] for n, v in x.items() if n not in items}     # the first row's user
+    repeated = {n: np.repeat(user[n], 12, axis=0) if n in user else v for n, v in x.items()}
+    want = default(**_tensors(repeated))["probability"].numpy()
+    got = one(**_tensors({**x, **user}))["probability"].numpy()
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert got.shape == (12,)
+    card = read_model_card(metrics["export_path"])
+    assert card["signatures"]["one_user"]["inputs"]["user_id"]["shape"] == [1]
+
 def test_two_tower_reload_matches_exact_search(trained, tiny_synthetic):
     metrics, model = trained["two_tower"]
     fs = tiny_synthetic.feature_set

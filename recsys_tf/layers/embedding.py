@@ -208,21 +208,32 @@ class FeatureEmbedding(keras.layers.Layer):
             return tf.maximum(inputs[id_key(name)], 0)
         return self.lookup(name, inputs[name])
 
-    def encode(self, inputs):
+    def encode(self, inputs, rows=None):
         """The lookups alone: ``{".cat": [b, k] int32, ".num": [b, N] float32, seq + ".id":
-        [b, L] int32 (-1 at padding)}`` (see the module docstring). Encoded inputs pass through."""
+        [b, L] int32 (-1 at padding)}`` (see the module docstring). Encoded inputs pass through.
+
+        ``rows`` (a scalar tensor, optional): inputs may also be one row ``[1, ...]``, looked up
+        once and then repeated to ``rows`` rows (one user's features for many candidates)."""
         if is_encoded(inputs):
             return inputs
+
+        def rows_of(x):
+            if rows is None:
+                return x
+            return tf.broadcast_to(x, tf.concat([[rows], tf.shape(x)[1:]], 0))
+
         out = {}
-        batch = tf.shape(inputs[self.features[0]])[0]
-        out[NUM_KEY] = (tf.stack([tf.cast(inputs[n], tf.float32) for n in self._numeric], 1)
+        batch = tf.shape(inputs[self.features[0]])[0] if rows is None else rows
+        out[NUM_KEY] = (tf.stack([rows_of(tf.cast(inputs[n], tf.float32))
+                                  for n in self._numeric], 1)
                         if self._numeric else tf.zeros([batch, 0], tf.float32))
         out[CAT_KEY] = (
-            tf.stack([tf.cast(self.lookup(n, inputs[n]), tf.int32) for n in self._cat], 1)
+            tf.stack([rows_of(tf.cast(self.lookup(n, inputs[n]), tf.int32))
+                      for n in self._cat], 1)
             if self._cat else tf.zeros([batch, 0], tf.int32))
         for n in self._seq:
             ids = tf.cast(self.lookup(n, inputs[n]), tf.int32)
-            out[id_key(n)] = tf.where(self.mask(inputs, n), ids, -1)
+            out[id_key(n)] = rows_of(tf.where(self.mask(inputs, n), ids, -1))
         return out
 
     def embed_ids(self, name, values):

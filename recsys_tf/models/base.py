@@ -43,12 +43,13 @@ class RankingModel(keras.Model):
             return inputs
         return self.encode_inputs(inputs)
 
-    def encode_inputs(self, inputs):
+    def encode_inputs(self, inputs, rows=None):
         """Raw inputs -> encoded inputs (lookups done); see the module docstring. Models that
-        set ``supports_encoded_inputs`` expose the layer doing their lookups as ``embedding``."""
+        set ``supports_encoded_inputs`` expose the layer doing their lookups as ``embedding``.
+        ``rows``: inputs may be one row standing for ``rows`` rows (looked up once, repeated)."""
         if not self.supports_encoded_inputs:
             raise NotImplementedError(f"{type(self).__name__} takes raw inputs only")
-        return self.embedding.encode(inputs)
+        return self.embedding.encode(inputs, rows=rows)
 
     def input_signature(self):
         """TensorSpecs of the raw inputs, named as the features (the SavedModel's inputs)."""

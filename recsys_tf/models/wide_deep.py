@@ -195,13 +195,19 @@ class WideDeep(RankingModel, keras.experimental.WideDeepModel):
         """The deep part's FeatureEmbedding: it owns the vocabulary/hash lookups."""
         return self.dnn_model.embedding
 
-    def encode_inputs(self, inputs):
-        """Lookups done ahead of time: the deep part's indices plus each cross's hash bin."""
+    def encode_inputs(self, inputs, rows=None):
+        """Lookups done ahead of time: the deep part's indices plus each cross's hash bin.
+        ``rows``: inputs may be one row standing for ``rows`` rows (see ``RankingModel``)."""
         if is_encoded(inputs):
             return inputs
-        out = dict(self.dnn_model.embedding.encode(inputs))
+        out = dict(self.dnn_model.embedding.encode(inputs, rows=rows))
+
+        def rows_of(x):     # a cross pairs values row by row: a one-row input is repeated
+            return x if rows is None else tf.broadcast_to(
+                x, tf.concat([[rows], tf.shape(x)[1:]], 0))
+
         for c in self.crosses:
-            bins = self._cross_bins[cross_name(c)](tuple(inputs[n] for n in c))
+            bins = self._cross_bins[cross_name(c)](tuple(rows_of(inputs[n]) for n in c))
             out[id_key(cross_name(c))] = tf.cast(tf.reshape(bins, [-1]), tf.int32)
         return out
 

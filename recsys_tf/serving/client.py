@@ -13,6 +13,7 @@ Pipeline for one user::
       -> drop seen / blocked items
       -> item features hydrated from the exported item table (ItemStore)     [stage "hydrate"]
       -> one batched Predict on the ranker -> click probabilities            [stage "ranking"]
+         (its ``one_user`` signature when it has one: the user's features sent once)
       -> re-rank (recsys_tf.serving.rerank): calibrate, blend, boosts,       [stage "rerank"]
          freshness, exclusions, per-category caps, MMR diversity, exploration
       -> top k, each with its scores and the reasons for its place
@@ -103,6 +104,10 @@ from recsys_tf.serving.client_stores import (  # noqa: F401  (re-exported)
 )
 from recsys_tf.serving.grpc_client import DEFAULT_SIGNATURE, ServingClient  # noqa: F401
 
+# A ranker signature whose user and context inputs are one row for all candidates (written by
+# recsys_tf.export for every ranker with item features); see Recommender's ranker_signature.
+ONE_USER_SIGNATURE = "one_user"
+
 __all__ = [
     "Recommender", "Result", "Recommendation", "Rules", "Boost", "ItemStore",
     "InMemoryItemStore", "UserStore", "RequestError", "DeadlineExceeded",
@@ -147,6 +152,12 @@ class Recommender(_ServedModels):
         table has them).
       ranker_output: the ranker's output to read (default: its only float output).
       retrieval_signature: the retrieval signature (default ``serving_default``).
+      ranker_signature: the ranker signature, or ``"auto"`` (the default): ``one_user`` when
+        the ranker has it - the user's and context features sent once ([1, ...]) rather than
+        repeated for every candidate - else ``serving_default``. TF Serving's batching
+        rejects ``one_user`` requests (their inputs differ in their first dimension); in
+        ``"auto"`` such a rejection is answered with ``serving_default`` and that signature
+        used from then on (logged once). Name ``serving_default`` to skip the first try.
       debug: log every request (inputs, shapes, first values) and response at INFO on the
         ``recsys_tf.client`` logger.
       max_workers: threads of ``recommend_many`` / ``arecommend``.
@@ -161,7 +172,8 @@ class Recommender(_ServedModels):
                  rules=None, stage_shares=(0.4, 0.95), max_attempts=3, backoff=(0.005, 0.1),
                  retry_resource_exhausted=False, metadata_ttl=60.0, strict=False,
                  diversity_by="auto", ranker_output=None,
-                 retrieval_signature=DEFAULT_SIGNATURE, debug=False, max_workers=4,
+                 retrieval_signature=DEFAULT_SIGNATURE, ranker_signature="auto",
+                 debug=False, max_workers=4,
                  max_message_mb=64, seed=None, max_retrieval_k=None):
         card = {}
         if tables is not None:
@@ -198,6 +210,8 @@ class Recommender(_ServedModels):
             self.ranker_client, self._own_ranker = self.client, False
         self.retrieval_model, self.ranker = retrieval_model, ranker
         self.retrieval_signature = retrieval_signature
+        self.ranker_signature = ranker_signature
+        self._one_user = None  # "auto": whether the ranker takes one_user (None: not known yet)
         self.ranker_version, self.ranker_label = ranker_version, ranker_label
         self.ranker_output = ranker_output
         self.timeout, self.raise_errors = float(timeout), bool(raise_errors)
@@ -255,6 +269,8 @@ class Recommender(_ServedModels):
         ``encoded`` names item columns taken from the item store's ``wire`` (object arrays of
         ``bytes``, one per row): for a string input of one value per row they are sent as
         they are, when they are such arrays; anything else goes through the usual conversion.
+        A user or context value goes out as one row where the signature's first dimension is
+        1 (``one_user``), else repeated for each of the ``rows``.
         Returns ``(inputs, missing)``; inputs the user has no value for are sent as unknown
         ("" / NaN / 0) and listed in ``missing`` (or raise with ``strict``).
         """
@@ -278,8 +294,9 @@ class Recommender(_ServedModels):
                     raise RequestError(model, name, "no value for this input (strict mode)")
                 missing.append(name)
                 values, broadcast = [None], True
-            out[name] = arr = _input(model, name, spec, values, rows, broadcast)
-            _check(model, name, spec, arr, rows)
+            n = 1 if broadcast and spec["shape"] and spec["shape"][0] == 1 else rows
+            out[name] = arr = _input(model, name, spec, values, n, broadcast)
+            _check(model, name, spec, arr, n)
         return out, missing
 
     # -- stages ------------------------------------------------------------------------------
@@ -352,6 +369,22 @@ class Recommender(_ServedModels):
                                f"{sorted(sig['outputs'])}; pass ranker_output=")
         return floats[0]
 
+    def _ranker_signature_name(self, deadline, state):
+        """(``ranker_signature``, None); for ``"auto"``, ``one_user`` when the ranker has it -
+        with its description when it was read just now to find out."""
+        if self.ranker_signature != "auto":
+            return self.ranker_signature, None
+        sig = None
+        if self._one_user is None:
+            try:
+                sig = self._signature("ranker", self.ranker_client, self.ranker,
+                                      self.ranker_version, ONE_USER_SIGNATURE, deadline, state,
+                                      label=self.ranker_label)
+                self._one_user = True
+            except RequestError:        # no such signature
+                self._one_user = False
+        return (ONE_USER_SIGNATURE, sig) if self._one_user else (DEFAULT_SIGNATURE, None)
+
     def rank(self, user, ids, hydrated, deadline, state=None):
         """Ranker scores for the candidates (one batched Predict); and the unknown inputs."""
         state = state or _Call(self.debug)
@@ -367,10 +400,28 @@ class Recommender(_ServedModels):
                 columns = {**items, **encoded}
             return self._build(self.ranker, sig, user, len(ids), items=columns, encoded=encoded)
 
-        out, sig, missing, build_ms = self._predict(
-            "ranker", self.ranker_client, self.ranker, build, deadline, state,
-            version=self.ranker_version, label=self.ranker_label,
-            outputs=lambda s: [self._score_output(s)])
+        def predict(signature, sig=None):
+            return self._predict(
+                "ranker", self.ranker_client, self.ranker, build, deadline, state,
+                version=self.ranker_version, label=self.ranker_label, signature=signature,
+                outputs=lambda s: [self._score_output(s)], sig=sig)
+
+        signature, known = self._ranker_signature_name(deadline, state)
+        try:
+            out, sig, missing, build_ms = predict(signature, known)
+        except grpc.RpcError as e:
+            # e.g. TF Serving with batching on: its inputs must share their first dimension
+            if signature != ONE_USER_SIGNATURE or self.ranker_signature != "auto" or \
+                    e.code() not in (grpc.StatusCode.INVALID_ARGUMENT,
+                                     grpc.StatusCode.FAILED_PRECONDITION):
+                raise
+            signature = DEFAULT_SIGNATURE
+            out, sig, missing, build_ms = predict(signature)
+            self._one_user = False
+            log.warning("ranker %s: signature %s rejected (%s); using %s (the user's features "
+                        "repeated for every candidate) from now on", self.ranker,
+                        ONE_USER_SIGNATURE, _error_text(e), signature)
+        state.signatures["ranker"] = signature
         scores = np.asarray(out[self._score_output(sig)], dtype=np.float64).reshape(-1)
         if len(scores) != len(ids):
             raise RequestError(self.ranker, None, f"returned {len(scores)} scores for "
@@ -500,7 +551,8 @@ class Recommender(_ServedModels):
             try:
                 p_scores, missing = self.rank(user, ids, hydrated, k_deadline, state)
                 self._report("ranking", None)
-                models["ranker"] = {"name": self.ranker, "version": state.versions.get("ranking")}
+                models["ranker"] = {"name": self.ranker, "version": state.versions.get("ranking"),
+                                    "signature": state.signatures.get("ranker")}
                 if self.ranker_label:
                     models["ranker"]["label"] = self.ranker_label
                 timings["ranking_build"] = state.build_ms["ranking"]

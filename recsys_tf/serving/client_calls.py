@@ -76,6 +76,7 @@ class _Call:
     versions: dict = dataclasses.field(default_factory=dict)   # stage -> served version
     answered: dict = dataclasses.field(default_factory=dict)   # which -> version that answered
     build_ms: dict = dataclasses.field(default_factory=dict)   # stage -> request building
+    signatures: dict = dataclasses.field(default_factory=dict)  # which -> signature called
 
 
 @dataclasses.dataclass
@@ -170,15 +171,17 @@ class _ServedModels:
         return sig
 
     def _predict(self, which, client, model, build, deadline, state, version=None, label=None,
-                 signature=DEFAULT_SIGNATURE, outputs=None):
+                 signature=DEFAULT_SIGNATURE, outputs=None, sig=None):
         """Signature -> request (``build(sig)``) -> Predict; when the server rejects the request
         (INVALID_ARGUMENT / FAILED_PRECONDITION) and the signature changed meanwhile (a new
         version), rebuild once with the new one.
 
         The version that answered goes to ``state.answered[which]`` when the client reports it
-        (``predict(with_version=True)``); the stage then records it in ``Result.models``."""
-        sig = self._signature(which, client, model, version, signature, deadline, state,
-                              label=label)
+        (``predict(with_version=True)``); the stage then records it in ``Result.models``.
+        ``sig``: the signature, when the caller has just read it."""
+        if sig is None:
+            sig = self._signature(which, client, model, version, signature, deadline, state,
+                                  label=label)
         versioned = {"with_version": True} if _reports_version(client) else {}
         for attempt in (0, 1):
             t = time.perf_counter()

@@ -155,6 +155,21 @@ def test_saved_model_round_trip(cls, beauty, batch, trained_dien, tmp_path):
     assert np.all(np.isfinite(loaded(**unknown)["probability"].numpy()))
 
 
+def test_export_one_user_signature_repeats_the_users_row(beauty, batch, trained_dien, tmp_path):
+    """DIEN takes raw inputs only: ``one_user`` repeats the user's raw row in the graph."""
+    from recsys_tf.export import export_ranker
+
+    model = trained_dien[0]
+    fs = beauty.feature_set
+    sigs = tf.saved_model.load(export_ranker(model, str(tmp_path), "dien")).signatures
+    once = {n: batch[n][2:3] for n in model.features if fs[n].role != "item"}   # has a history
+    assert once and set(once) != set(model.features)
+    got = sigs["one_user"](**{**{n: batch[n] for n in model.features}, **once})
+    repeated = {n: tf.repeat(v, 16, axis=0) for n, v in once.items()}
+    want = model({**batch, **repeated}, training=False).numpy()
+    np.testing.assert_allclose(got["probability"].numpy(), want, atol=1e-5)
+
+
 def shortened(batch, length):
     """``batch`` with every history cut to its first ``length`` behaviours."""
     out = dict(batch)

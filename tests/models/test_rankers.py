@@ -6,6 +6,7 @@ import pytest
 
 from recsys_tf import models
 from recsys_tf.backend import keras, tf
+from recsys_tf.export import export_ranker
 from recsys_tf.features import Categorical, FeatureSet, Numeric, Sequence
 from recsys_tf.models.base import RankingModel
 from recsys_tf.models.dcn_v2 import DCNv2
@@ -121,6 +122,21 @@ def test_export_reload_matches_and_takes_oov(trained, tmp_path):
     assert p.shape == (2,) and np.isfinite(p).all()
     np.testing.assert_allclose(p, model(OOV_BATCH, training=False).numpy(), atol=1e-5)
 
+
+def test_one_user_signature_answers_as_serving_default_with_the_row_repeated(trained, tmp_path):
+    """The export's ``one_user``: the user's features once ([1, ...]) for 6 item rows, looked
+    up once and repeated in the graph (a cross of user and item features included)."""
+    _, model, _, _ = trained
+    path = export_ranker(model, str(tmp_path), "m")
+    sigs = tf.saved_model.load(path).signatures
+    user = {"user_id": BATCH["user_id"][:1], "history": BATCH["history"][:1]}
+    one = sigs["one_user"](**{**BATCH, **user})["probability"].numpy()
+    repeated = {k: tf.repeat(v, 6, axis=0) for k, v in user.items()}
+    want = sigs["serving_default"](**{**BATCH, **repeated})["probability"].numpy()
+    np.testing.assert_allclose(one, want, atol=1e-6)
+    np.testing.assert_allclose(one, model({**BATCH, **repeated}, training=False).numpy(),
+                               atol=1e-5)
+    assert not np.allclose(one, model(BATCH, training=False).numpy(), atol=1e-4)  # one user
 
 def test_registry_finds_the_models():
     assert models.get("xdeepfm") is XDeepFM

@@ -175,7 +175,7 @@ def test_result_explains_every_item(server, tables, tiny_synthetic):
         res = rec.recommend(u, k=6, context=ctx, n_candidates=25, diversity=0.4)
     assert res.degraded is None and res.failures == {} and res.retries == 0
     assert res.models == {"retrieval": {"name": "two_tower", "version": 1},
-                          "ranker": {"name": "deepfm", "version": 1}}
+                          "ranker": {"name": "deepfm", "version": 1, "signature": "one_user"}}
     for stage in ("user", "retrieval", "retrieval_build", "hydrate", "ranking", "ranking_build",
                   "rerank", "total"):
         assert res.timings_ms[stage] >= 0, stage
@@ -363,7 +363,9 @@ def test_debug_logs_requests(server, tables, tiny_synthetic, caplog):
             rec.recommend(u, k=3, context=ctx, n_candidates=10)
     text = caplog.text
     assert "Predict two_tower" in text and "Predict deepfm" in text
-    assert "history:string[10, 20]" in text and "k:int32[]=" in text
+    # the ranker's request: the user's row once (its one_user signature), the items' rows
+    assert "signature=one_user" in text and "item_id:string[10]" in text
+    assert "history:string[1, 20]" in text and "k:int32[]=" in text
     assert "timings ms" in text
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="recsys_tf.client"):
@@ -624,13 +626,14 @@ def test_result_records_the_ranker_version_that_answered(labelled_server, tables
         with Recommender(labelled_server, tables, ranker_label=label) as rec:
             res = rec.recommend(u, k=4, context=ctx, n_candidates=10)
         assert res.degraded is None, res.degraded
-        assert res.models["ranker"] == {"name": "deepfm", "version": version, "label": label}
+        assert res.models["ranker"] == {"name": "deepfm", "version": version, "label": label,
+                                        "signature": "one_user"}
         scores[label] = [(r.item_id, r.ranking_score) for r in res.items]
     assert scores["stable"] == scores["canary"]  # the same export under two versions
     with Recommender(labelled_server, tables) as rec:
         res = rec.recommend(u, k=4, context=ctx, n_candidates=10)
     assert res.models == {"retrieval": {"name": "two_tower", "version": 1},
-                          "ranker": {"name": "deepfm", "version": 2}}
+                          "ranker": {"name": "deepfm", "version": 2, "signature": "one_user"}}
     # a client that cannot say which version answered: the version comes from the signature
     # (and stays unknown for a label), as before
     stand_in = NoVersion(labelled_server)
@@ -641,7 +644,8 @@ def test_result_records_the_ranker_version_that_answered(labelled_server, tables
         res = Recommender(labelled_server, tables, client=stand_in, ranker_label="stable"
                           ).recommend(u, k=4, context=ctx, n_candidates=10)
         assert res.degraded is None
-        assert res.models["ranker"] == {"name": "deepfm", "version": None, "label": "stable"}
+        assert res.models["ranker"] == {"name": "deepfm", "version": None, "label": "stable",
+                                        "signature": "one_user"}
     finally:
         stand_in.real.close()
 

@@ -5,6 +5,7 @@ server; server-side ones use a ModelServer of this module's own (on copies of th
 exports plus a tiny DCN-v2), a slow gRPC proxy in front of it, and a server stopped mid-run.
 """
 import json
+import logging
 import os
 import shutil
 import threading
@@ -102,7 +103,8 @@ def test_only_unavailable_is_retried_unless_configured(server, tables, user):
     for code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED,
                  grpc.StatusCode.INTERNAL, grpc.StatusCode.INVALID_ARGUMENT):
         flaky = Flaky(server, {"deepfm": (code, 1)})
-        res = Recommender(server, tables, client=flaky).recommend(u, k=5, context=ctx)
+        res = Recommender(server, tables, client=flaky, ranker_signature="serving_default"
+                          ).recommend(u, k=5, context=ctx)
         assert res.degraded == f"ranker failed ({code.name}): retrieval order"
         assert res.retries == 0
     flaky = Flaky(server, {"deepfm": (grpc.StatusCode.RESOURCE_EXHAUSTED, 1)})
@@ -110,6 +112,56 @@ def test_only_unavailable_is_retried_unless_configured(server, tables, user):
     res = rec.recommend(u, k=5, context=ctx)
     assert res.degraded is None and res.retries == 1
 
+
+
+class BatchingTFServing:
+    """A ServingClient stand-in that refuses ``one_user`` requests as TF Serving does with
+    batching on (INVALID_ARGUMENT: inputs differ in their first dimension) when ``refuse``;
+    records (model, signature, {input: shape}) of every Predict."""
+
+    def __init__(self, target, refuse=True):
+        self.real, self.refuse, self.calls = ServingClient(target), refuse, []
+
+    def signature(self, *args, **kwargs):
+        return self.real.signature(*args, **kwargs)
+
+    def predict(self, model, inputs, signature="serving_default", **kwargs):
+        self.calls.append((model, signature, {k: np.shape(v) for k, v in inputs.items()}))
+        if self.refuse and signature == "one_user":
+            raise InjectedError(grpc.StatusCode.INVALID_ARGUMENT)
+        return self.real.predict(model, inputs, signature=signature, **kwargs)
+
+
+def test_one_user_signature_sends_the_user_once_and_falls_back_when_refused(
+        server, tables, user, caplog):
+    u, ctx = user
+    plain = BatchingTFServing(server, refuse=False)
+    with Recommender(server, tables, client=plain) as rec:
+        want = rec.recommend(u, k=5, context=ctx, n_candidates=12)
+    assert want.degraded is None and want.models["ranker"]["signature"] == "one_user"
+    (_, _, shapes), = [c for c in plain.calls if c[0] == "deepfm"]
+    assert shapes["item_id"] == (12,) and shapes["category"] == (12,)   # item features: a row each
+    assert shapes["user_id"] == (1,) and shapes["hour"] == (1,) and shapes["history"] == (1, 20)
+
+    refusing = BatchingTFServing(server)
+    with caplog.at_level(logging.WARNING, logger="recsys_tf.client"):
+        with Recommender(server, tables, client=refusing) as rec:
+            first = rec.recommend(u, k=5, context=ctx, n_candidates=12)
+            again = rec.recommend(u, k=5, context=ctx, n_candidates=12)
+    for res in (first, again):   # answered by serving_default, the user's row repeated
+        assert res.degraded is None and res.models["ranker"]["signature"] == "serving_default"
+        np.testing.assert_allclose([r.ranking_score for r in res.items],
+                                   [r.ranking_score for r in want.items], atol=1e-6)
+    ranker_calls = [(sig, shapes["user_id"]) for m, sig, shapes in refusing.calls
+                    if m == "deepfm"]
+    assert ranker_calls == [("one_user", (1,)), ("serving_default", (12,)),
+                            ("serving_default", (12,))]     # one_user is not tried again
+    assert caplog.text.count("signature one_user rejected") == 1
+
+    named = BatchingTFServing(server)
+    with Recommender(server, tables, client=named, ranker_signature="serving_default") as rec:
+        assert rec.recommend(u, k=5, context=ctx, n_candidates=12).degraded is None
+    assert [sig for m, sig, _ in named.calls if m == "deepfm"] == ["serving_default"]
 
 def test_retries_never_run_past_the_stage_deadline(server, tables, user):
     u, ctx = user
@@ -308,7 +360,7 @@ def test_cli_recommend_json_with_dcn_v2(fault_server, tables, tiny_synthetic, ca
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     assert out["degraded"] is None and len(out["items"]) == 10
-    assert out["models"]["ranker"] == {"name": "dcn_v2", "version": 1}
+    assert out["models"]["ranker"] == {"name": "dcn_v2", "version": 1, "signature": "one_user"}
     for pos, item in enumerate(out["items"], 1):
         why = item["reasons"]
         assert why["mmr_position"] == pos and "mmr_penalty" in why
