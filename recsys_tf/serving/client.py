@@ -338,7 +338,12 @@ class Recommender(_ServedModels):
         if mode == "embedding":
             ids, scores = self._search(out[scores_name].reshape(-1), n)
         else:
-            ids = self.items.normalise_many(np.asarray(out[ids_name]).reshape(-1)[:n])
+            raw = np.asarray(out[ids_name]).reshape(-1)[:n]
+            found = self.items.ids_and_rows(raw) if self._tuple_ids else None
+            if found is not None:   # the in-memory store: the rows come with the ids
+                ids, state.rows = found
+            else:
+                ids = self.items.normalise_many(raw)
             scores = np.asarray(out[scores_name], dtype=np.float64).reshape(-1)[:n]
         answered = state.answered.get("retrieval")
         state.versions["retrieval"] = answered if answered is not None else sig.get("version")
@@ -520,9 +525,15 @@ class Recommender(_ServedModels):
         # tuple, whose rows it then looks up once for hydration, the request and MMR
         seq = tuple if self._tuple_ids else list
         if retrieved:
-            kept = [j for j, i in enumerate(ids) if i not in banned][:n_candidates]
-            ids = seq([ids[j] for j in kept])
+            if banned:
+                kept = [j for j, i in enumerate(ids) if i not in banned][:n_candidates]
+                ids = seq([ids[j] for j in kept])
+            else:
+                kept = slice(0, n_candidates)
+                ids = seq(ids[kept])
             r_scores = r_scores[kept]
+            if state.rows is not None:      # their rows in the item table, known already
+                self.items.remember(ids, state.rows[kept])
         else:  # popularity order stands in for retrieval scores
             ids = seq(ids)
             r_scores = 1.0 - np.arange(len(ids), dtype=np.float64) / max(len(ids), 1)

@@ -77,6 +77,7 @@ class _Call:
     answered: dict = dataclasses.field(default_factory=dict)   # which -> version that answered
     build_ms: dict = dataclasses.field(default_factory=dict)   # stage -> request building
     signatures: dict = dataclasses.field(default_factory=dict)  # which -> signature called
+    rows: object = None   # the retrieved candidates' rows in the in-memory item table, if known
 
 
 @dataclasses.dataclass

@@ -109,9 +109,11 @@ class InMemoryItemStore(ItemStore):
             wire[key] = np.array(self.ids + [None], dtype=object)
         self._wire = {c: np.array([b"" if v is None else v.encode() for v in col], dtype=object)
                       for c, col in wire.items()}
-        # str ids by their UTF-8 bytes, as Predict returns them: normalise_many hands back the
-        # table's own id objects (no new strings to build, their hashes already known)
-        self._by_bytes = ({i.encode(): i for i in self.ids} if key in self._wire else {})
+        # rows of str ids by their UTF-8 bytes, as Predict returns them: normalise_many hands
+        # back the table's own id objects (no new strings to build, their hashes already
+        # known), and ids_and_rows their rows as well, from the same one dictionary pass
+        self._row_by_bytes = ({i.encode(): n for n, i in enumerate(self.ids)}
+                              if key in self._wire else {})
         self.embeddings = None
         if embeddings is not None:
             emb = np.asarray(embeddings, dtype=np.float32)
@@ -157,12 +159,13 @@ class InMemoryItemStore(ItemStore):
 
     def normalise_many(self, item_ids):
         arr = np.asarray(item_ids)
-        if arr.dtype == object and self._by_bytes:
+        if arr.dtype == object and self._row_by_bytes:
             values = arr.tolist()
-            out = list(map(self._by_bytes.get, values))
-            if None not in out:         # all known ids (bytes): the table's own objects
-                return out
-            return [self.normalise(v) if o is None else o for o, v in zip(out, values)]
+            rows = list(map(self._row_by_bytes.get, values))
+            if None not in rows:        # all known ids (bytes): the table's own objects
+                return list(map(self.ids.__getitem__, rows))
+            return [self.normalise(v) if r is None else self.ids[r]
+                    for r, v in zip(rows, values)]
         if arr.dtype == object and not self._key_is_int:
             try:
                 return list(map(bytes.decode, arr.tolist()))
@@ -171,6 +174,26 @@ class InMemoryItemStore(ItemStore):
         if arr.dtype.kind in "iu" and self._key_is_int:
             return arr.tolist()
         return [self.normalise(i) for i in arr.tolist()]
+
+    def ids_and_rows(self, item_ids):
+        """``(ids, rows)`` for ids as Predict returns them (``bytes``): the table's own id
+        objects and their rows (int64), from one dictionary pass; None unless every one is
+        a known id given as bytes (then :meth:`normalise_many` is the way)."""
+        arr = np.asarray(item_ids)
+        if arr.dtype != object or not self._row_by_bytes:
+            return None
+        rows = list(map(self._row_by_bytes.get, arr.tolist()))
+        if None in rows:
+            return None
+        return list(map(self.ids.__getitem__, rows)), np.array(rows, dtype=np.int64)
+
+    def remember(self, item_ids, rows):
+        """Note ``rows`` (from :meth:`ids_and_rows`) as the rows of the tuple ``item_ids``, so
+        this thread's next :meth:`positions` of that tuple needs no lookup."""
+        if type(item_ids) is tuple and len(rows) == len(item_ids):
+            rows = np.asarray(rows, dtype=np.int64)
+            rows.flags.writeable = False
+            self._last.ids = (item_ids, rows)
 
     def positions(self, item_ids):
         """Row of each id in the table (unknown ids: the trailing "unknown" row), read-only.

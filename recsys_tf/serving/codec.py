@@ -23,6 +23,7 @@ than the shape is padded with its last value, so a single value fills the whole 
 """
 from __future__ import annotations
 
+import math
 import sys
 
 import numpy as np
@@ -299,12 +300,12 @@ def to_ndarray(proto: tensor_pb2.TensorProto, decode_strings: bool = False) -> n
     shape = tuple(int(d.size) for d in proto.tensor_shape.dim)
     if any(d < 0 for d in shape):
         raise ValueError(f"cannot decode a TensorProto with unknown dimensions {list(shape)}")
-    n = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    n = math.prod(shape)    # Python ints: exact, and cheaper than numpy for a few dims
     enum = int(proto.dtype)
+    content = proto.tensor_content    # read once: each read copies the bytes out
 
     if enum == _DT.DT_STRING:
-        values = (unpack_strings(proto.tensor_content, n) if proto.tensor_content
-                  else list(proto.string_val))
+        values = unpack_strings(content, n) if content else list(proto.string_val)
         if decode_strings:
             values = [v.decode("utf-8") for v in values]
         out = np.empty(n, dtype=object)
@@ -312,8 +313,7 @@ def to_ndarray(proto: tensor_pb2.TensorProto, decode_strings: bool = False) -> n
         return out.reshape(shape)
 
     dt = numpy_dtype(enum)
-    if proto.tensor_content:
-        content = proto.tensor_content
+    if content:
         if len(content) != n * dt.itemsize:
             raise ValueError(
                 f"tensor_content holds {len(content)} bytes, but a {dtype_name(enum)} tensor of "

@@ -492,6 +492,26 @@ def test_item_store_looks_a_tuple_of_candidates_up_once_per_thread():
         assert clone.get(["d"])["cat"].tolist() == ["z"]
 
 
+def test_item_store_gives_the_rows_of_retrieved_ids_with_them():
+    """Ids as Predict returns them (bytes) -> the table's own id objects and their rows in one
+    dictionary pass; remembered for the tuple the pipeline builds, no second lookup."""
+    rows = [{"id": i, "cat": c} for i, c in zip(["i1", "i22", "i3"], "xyz")]
+    store = InMemoryItemStore(rows, "id")
+    answer = np.array([b"i3", b"i1", b"i22"], dtype=object)
+    ids, where = store.ids_and_rows(answer)
+    assert ids == ["i3", "i1", "i22"] and where.tolist() == [2, 0, 1]
+    assert all(a is b for a, b in zip(ids, [store.ids[2], store.ids[0], store.ids[1]]))
+    assert store.normalise_many(answer) == ids
+    assert store.ids_and_rows(np.array([b"i3", b"nope"], dtype=object)) is None  # unknown id
+    assert store.normalise_many(np.array([b"i3", b"nope"], dtype=object)) == ["i3", "nope"]
+    assert store.ids_and_rows(np.array([1, 2])) is None
+    kept = tuple(ids[:2])
+    store.remember(kept, where[:2])
+    store._pos = {}     # any lookup from here on would fail
+    assert store.get(kept)["cat"].tolist() == ["z", "x"]
+    assert store.wire(kept)["id"].tolist() == [b"i3", b"i1"]
+
+
 def test_scann_retrieval_model(server, trained, tiny_synthetic):
     """two_tower_scann (ScaNN ops inside the SavedModel) through the same client; its model
     card's index_k caps what the client asks for."""
