@@ -19,6 +19,12 @@ and once more with each replayed answer given after a sleep as long as a Predict
 (``--pause-ms``), no server running, which separates what waiting itself costs the work
 that follows it from what the server's presence costs.
 
+The rankers are called through their ``one_user`` signature (the client's default: the user's
+features sent once, not once per candidate). ``signature_ab`` in the JSON compares it, in the
+same run and at concurrency 1, with ``serving_default`` (the user's row repeated 500 times):
+both through the server and in-process, the four alternating round by round
+(``--signature-ab-requests``, 0 to skip).
+
     python benchmarks/client.py                    # full run (trains the models once, cached)
     python benchmarks/client.py --quick            # a smoke run: small models, few requests
 
@@ -282,6 +288,46 @@ def replay(rec, requests, kwargs, codec_timer, rounds=3, pause_ms=0.0):
     return {p: (records, cpu * 1e3 / len(records)) for p, (records, cpu) in out.items()}
 
 
+def signature_comparison(target, local, tables, rankers, retrieval, requests, kwargs,
+                         codec_timer, rounds, say):
+    """Per ranker: the pipeline with the ranker called through ``one_user`` and through
+    ``serving_default``, through the server and in-process, at concurrency 1, the four ways
+    alternating round by round (order reversed every other round). One row per way."""
+    from recsys_tf.serving.client import Recommender
+
+    out = []
+    for ranker in rankers:
+        recs = {}
+        for sig in ("one_user", "serving_default"):
+            recs["grpc", sig] = Recommender(target, tables, ranker=ranker, timeout=10.0,
+                                            retrieval_model=retrieval, ranker_signature=sig)
+            recs["in-process", sig] = Recommender(None, tables, ranker=ranker, client=local,
+                                                  timeout=10.0, retrieval_model=retrieval,
+                                                  ranker_signature=sig)
+        for rec in recs.values():
+            for user, ctx in requests[:10]:
+                rec.recommend(user, context=ctx, **kwargs)
+        cell = {key: ([], 0.0) for key in recs}
+        per_round = max(1, len(requests) // rounds)
+        for r in range(rounds):
+            chunk = requests[r * per_round:(r + 1) * per_round]
+            for key in list(recs) if r % 2 == 0 else list(recs)[::-1]:
+                got, secs = run_block(recs[key], chunk, 1, kwargs,
+                                      codec_timer if key[0] == "grpc" else None)
+                cell[key] = (cell[key][0] + got, cell[key][1] + secs)
+        for (mode, sig), (got, secs) in cell.items():
+            row = {"ranker": ranker, "mode": mode, "signature": sig, "concurrency": 1,
+                   **summarise(got, secs)}
+            out.append(row)
+            say(f"{ranker:7s} {mode:10s} {sig:15s} e2e p50 {row['e2e_p50_ms']:6.2f} ms, "
+                f"ranking p50 {row['ranking_p50_ms']:5.2f} ms"
+                + (f", overhead p50 {row['overhead_p50_ms']:.2f} ms"
+                   if "overhead_p50_ms" in row else ""))
+        for rec in recs.values():
+            rec.close()
+    return out
+
+
 def _pct(values, q):
     return float(np.percentile(values, q)) if len(values) else float("nan")
 
@@ -318,6 +364,9 @@ def main(argv=None):
     p.add_argument("--pause-ms", type=float, default=4.0,
                    help="the replayed answers' second run: each Predict answered after this "
                         "long a sleep, about a live Predict's wait (0: no such run)")
+    p.add_argument("--signature-ab-requests", type=int, default=None,
+                   help="requests per way in the one_user / serving_default comparison "
+                        "(default 300, quick 30; 0: skip it)")
     p.add_argument("--out", default=os.path.join(RESULTS, "client.json"))
     args = p.parse_args(argv)
 
@@ -391,6 +440,11 @@ def main(argv=None):
                 results.append(row)
                 say(f"{ranker:7s} {mode:10s} c=1   client path p50 {row['e2e_p50_ms']:6.2f} ms, "
                     f"overhead p50 {row['overhead_p50_ms']:.2f} ms, CPU {cpu_ms:.2f} ms/request")
+        n_ab = args.signature_ab_requests
+        n_ab = (30 if quick else 300) if n_ab is None else n_ab
+        signature_ab = signature_comparison(target, local, tables, rankers, args.retrieval,
+                                            requests[:n_ab], kwargs, codec_timer, args.rounds,
+                                            say) if n_ab else []
         codec_timer.restore()
         for rec in recs.values():
             rec.close()
@@ -411,7 +465,7 @@ def main(argv=None):
                                                "after": [round(x, 2) for x in os.getloadavg()]},
                     "cache_probe": probe},
         "versions": _versions(), "targets": TARGETS, "results": results,
-        "ratios": _ratios(results), "checks": _checks(results),
+        "ratios": _ratios(results), "checks": _checks(results), "signature_ab": signature_ab,
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:

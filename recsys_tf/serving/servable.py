@@ -180,20 +180,26 @@ class VersionLoader:
         warm = self._run_warmup(ver) if self.warmup else 0
         fast = ver.fast.get(DEFAULT_SIGNATURE)
         if fast is not None and fast.batchable and self.batching is not None:
-            threading.Thread(target=self._warm_batches,
-                             args=(ver, fast, self.batching.warm_sizes()), daemon=True,
-                             name=f"warm-batches-{name}-{version}").start()
+            thread = threading.Thread(target=self._warm_batches,
+                                      args=(ver, fast, self.batching.warm_sizes(),
+                                            self._warm_stop), daemon=True,
+                                      name=f"warm-batches-{name}-{version}")
+            with self._warm_lock:   # ModelServer.stop() waits for these
+                self._warm_threads = [t for t in self._warm_threads if t.is_alive()]
+                self._warm_threads.append(thread)
+            thread.start()
         log.info("loaded model %s version %d from %s in %.2fs%s", name, version, path,
                  time.perf_counter() - start, f" ({warm} warmup requests)" if warm else "")
         return ver
 
     @staticmethod
-    def _warm_batches(ver: _Version, fast, sizes=()) -> None:
+    def _warm_batches(ver: _Version, fast, sizes=(), stop=None) -> None:
         """Make a version's batch functions and run the model at the batch ``sizes``
-        (``_FastSignature.warm_batches``); logs when done."""
+        (``_FastSignature.warm_batches``, which ends early once ``stop`` is set); logs when
+        done."""
         start = time.perf_counter()
         try:
-            fast.warm_batches(sizes)
+            fast.warm_batches(sizes, stop)
         except Exception as exc:  # noqa: BLE001 -- batches keep the while_loop path
             log.warning("model %s version %d: batch functions not warmed: %s", ver.model,
                         ver.version, exc)

@@ -231,6 +231,11 @@ class ModelServer(ModelRegistry, VersionLoader, SignatureRunner, ServiceHandlers
         self._bound_port: Optional[int] = None
         self._stop_polling = threading.Event()
         self._poller: Optional[threading.Thread] = None
+        # threads making loaded versions' batch functions (VersionLoader); stop() ends them:
+        # a process that exits while one runs TensorFlow aborts
+        self._warm_stop = threading.Event()
+        self._warm_lock = threading.Lock()
+        self._warm_threads: List[threading.Thread] = []
 
         if model_config_file is not None:
             if model_name is not None or model_base_path is not None:
@@ -313,6 +318,7 @@ class ModelServer(ModelRegistry, VersionLoader, SignatureRunner, ServiceHandlers
         """Load the models (unless already loaded), listen, and return the bound gRPC port."""
         if self._grpc_server is not None:
             return self._bound_port
+        self._warm_stop.clear()
         if not self._loaded_once:
             self.reload()
         if self.batching is not None and self._scheduler is None:
@@ -383,6 +389,11 @@ class ModelServer(ModelRegistry, VersionLoader, SignatureRunner, ServiceHandlers
         scheduler, self._scheduler = self._scheduler, None
         if scheduler is not None:
             scheduler.stop()
+        self._warm_stop.set()       # batch functions still being made: end after the one in hand
+        with self._warm_lock:
+            warming, self._warm_threads = self._warm_threads, []
+        for thread in warming:
+            thread.join(timeout=60)
 
     def wait(self, timeout: Optional[float] = None) -> bool:
         """Block until the server stops (or ``timeout`` passes); True when it stopped."""

@@ -143,7 +143,7 @@ class _FastSignature:
 
         return _flat_call(run_unrolled.get_concrete_function())
 
-    def warm_batches(self, sizes: Sequence[int] = ()) -> None:
+    def warm_batches(self, sizes: Sequence[int] = (), stop=None) -> None:
         """Trace and run every bucket's batch function, then let batches use it. Until then
         they take the ``while_loop``: tracing and a first run (which optimises the graph)
         cost a few tenths of a second per bucket, so a loading version does not wait for
@@ -156,20 +156,25 @@ class _FastSignature:
         in the server, xDeepFM's first 1,600-row batch took 459-687 ms against 129-134 ms
         after, its first 800-row one 342 against 88 - so the sizes batches will have (the
         allowed batch sizes, the largest batch) are paid for here rather than by the
-        requests of the first such batch. The sizes run are kept in ``warmed_sizes``."""
+        requests of the first such batch. The sizes run are kept in ``warmed_sizes``.
+
+        ``stop`` (a ``threading.Event``, optional): when set, the warming ends after the
+        bucket or size in hand (a stopping server does not wait for the rest)."""
         if not self.batchable:
             return
         with _WARMING:
-            example = self._warm_each_bucket()
-            self._warm_sizes(example, sizes)
+            example = self._warm_each_bucket(stop)
+            self._warm_sizes(example, sizes, stop)
 
-    def _warm_each_bucket(self) -> List[bytes]:
+    def _warm_each_bucket(self, stop=None) -> List[bytes]:
         example = []
         for dtype, shape in zip(self._dtypes, self._shapes):
             dims = [1] + [1 if d is None else d for d in shape.as_list()[1:]]
             value = tf.fill(dims, "") if dtype == tf.string else tf.zeros(dims, dtype)
             example.append(tf.io.serialize_tensor(value).numpy())
         for count in self.UNROLLED:
+            if stop is not None and stop.is_set():
+                break
             if count in self._batch_unrolled:
                 continue
             fn = self._trace_unrolled(count)
@@ -181,9 +186,11 @@ class _FastSignature:
             self._batch_unrolled[count] = fn
         return example
 
-    def _warm_sizes(self, example: List[bytes], sizes: Sequence[int]) -> None:
-        fn, one = self._batch_unrolled[1], tf.constant(1)
+    def _warm_sizes(self, example: List[bytes], sizes: Sequence[int], stop=None) -> None:
+        fn, one = self._batch_unrolled.get(1), tf.constant(1)
         for size in sorted({int(s) for s in sizes if int(s) > 1}):
+            if fn is None or (stop is not None and stop.is_set()):
+                break
             try:
                 fn(tf.constant([example], dtype=tf.string), one, tf.constant(size))
             except Exception as exc:  # noqa: BLE001 -- only a warm-up missed

@@ -370,6 +370,50 @@ def test_warm_batches_runs_the_model_at_each_batch_size():
                                np.tile(x.sum(1), 2))
     assert seen[-1] == 8
 
+    # a stopping server's event ends the warming after the bucket in hand; batches still run
+    stop = threading.Event()
+    seen.clear()
+
+    def record_then_stop(n):
+        seen.append(int(n))
+        if len(seen) == 2:
+            stop.set()
+        return n
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.float32, name="x")])
+    def serve2(x):
+        n = tf.py_function(record_then_stop, [tf.shape(x)[0]], tf.int32)
+        with tf.control_dependencies([n]):
+            return {"y": tf.reduce_sum(x, 1)}
+
+    stopped = _FastSignature(serve2.get_concrete_function(), sig)
+    stopped.warm_batches(sizes=(64,), stop=stop)
+    assert seen == [1, 2] and stopped.warmed_sizes == ()
+    np.testing.assert_allclose(stopped.run_batch([payload] * 3, 9, 9)["y"], np.tile(x.sum(1), 3))
+
+
+def test_stopping_a_batching_server_ends_its_warming_threads(tmp_path):
+    """stop() does not leave a thread making batch functions behind (a process exiting while
+    one runs TensorFlow aborts)."""
+    import tensorflow as tf
+
+    from recsys_tf.serving.server import ModelServer
+
+    class M(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+        def serve(self, x):
+            return {"y": tf.reduce_sum(tf.tanh(x), 1)}
+
+    m = M()
+    tf.saved_model.save(m, str(tmp_path / "m" / "1"),
+                        signatures={"serving_default": m.serve.get_concrete_function()})
+    srv = ModelServer(model_name="m", model_base_path=str(tmp_path / "m"), port=0,
+                      enable_batching=True, batching_parameters=BatchingOptions(
+                          max_batch_size=4096, allowed_batch_sizes=(64, 512, 4096)))
+    srv.start()
+    srv.stop()
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("warm-batches-")]
+
 
 def test_flat_call_matches_the_structured_call_and_falls_back():
     """The server calls its own functions on their flat inputs: same outputs as the plain

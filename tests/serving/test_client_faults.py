@@ -163,6 +163,30 @@ def test_one_user_signature_sends_the_user_once_and_falls_back_when_refused(
         assert rec.recommend(u, k=5, context=ctx, n_candidates=12).degraded is None
     assert [sig for m, sig, _ in named.calls if m == "deepfm"] == ["serving_default"]
 
+
+def test_bundled_batching_server_runs_one_user_requests_unbatched(trained, tables, user,
+                                                                   server):
+    """Where TF Serving's batching refuses one_user requests, the bundled server runs them
+    unbatched (a documented difference): the same answer as without batching."""
+    from recsys_tf.serving.batching import BatchingOptions
+
+    u, ctx = user
+    with Recommender(server, tables) as rec:
+        want = rec.recommend(u, k=5, context=ctx, n_candidates=12)
+    srv = ModelServer(model_base_path=trained["root"], host="127.0.0.1", port=0,
+                      enable_batching=True, batching_parameters=BatchingOptions(
+                          max_batch_size=64, batch_timeout_micros=1000))
+    srv.start()
+    try:
+        with Recommender(srv.target, tables) as rec:
+            got = rec.recommend(u, k=5, context=ctx, n_candidates=12)
+    finally:
+        srv.stop()
+    assert got.degraded is None and got.models["ranker"]["signature"] == "one_user"
+    assert [r.item_id for r in got.items] == [r.item_id for r in want.items]
+    np.testing.assert_allclose([r.ranking_score for r in got.items],
+                               [r.ranking_score for r in want.items], atol=1e-6)
+
 def test_retries_never_run_past_the_stage_deadline(server, tables, user):
     u, ctx = user
     flaky = Flaky(server, {"deepfm": (grpc.StatusCode.UNAVAILABLE, None)})
