@@ -597,6 +597,32 @@ def test_predict_with_version_reports_the_version_that_answered(server):
         np.testing.assert_array_equal(pinned[name], plain[name])
 
 
+def test_string_outputs_come_back_in_string_val(server, trained, tiny_synthetic):
+    """As TF Serving answers by default (AsProtoField): a string output's values are in
+    ``string_val`` (the server's in-graph ``SerializeTensor`` writes strings there), not
+    TensorFlow's packed ``tensor_content``; they equal the model's own."""
+    import grpc
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    from recsys_tf.serving import codec
+
+    fs = tiny_synthetic.feature_set
+    x = fs.arrays(tiny_synthetic.retrieval_test.head(2), trained["two_tower"][1].query_features)
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "two_tower"
+    for name, value in dict(x, k=np.array(7, np.int32)).items():
+        codec.to_tensor_proto(value, out=request.inputs[name])
+    with grpc.insecure_channel(server) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        ids = stub.Predict(request, timeout=30).outputs["item_ids"]
+    assert not ids.tensor_content and len(ids.string_val) == 14
+    assert [d.size for d in ids.tensor_shape.dim] == [2, 7]
+    loaded = tf.saved_model.load(trained["two_tower"][0]["export_path"])
+    want = loaded.signatures["serving_default"](
+        **{k: tf.constant(v) for k, v in x.items()}, k=tf.constant(7))["item_ids"].numpy()
+    np.testing.assert_array_equal(tf.make_ndarray(ids), want)
+
 def test_signature_and_metadata_by_version_label(labelled_server, server):
     with ServingClient(labelled_server) as client:
         assert client.signature("deepfm")["version"] == 2  # no version asked: the latest
