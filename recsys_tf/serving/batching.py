@@ -26,8 +26,9 @@ rows of every output.
 
 Two deliberate differences from TF Serving: a request with an input without a batch
 dimension (a scalar such as a retrieval model's ``k``), or whose inputs differ in their first
-dimension (a ranker's ``one_user`` signature), runs unbatched instead of being refused, and when a batch fails its requests are retried one by one, so one malformed request
-cannot fail the well-formed requests it was batched with. One addition: a loading version's
+dimension (a ranker's ``one_user`` signature), runs unbatched instead of being refused; and
+when a batch fails its requests are retried one by one, so one malformed request cannot fail
+the well-formed requests it was batched with. One addition: a loading version's
 model is run once at each size in ``BatchingOptions.warm_sizes()`` (every allowed batch size,
 else the largest batch), since a model's first run at a batch size it has not run before is
 slow (TF Serving leaves that to the warmup requests a model ships).

@@ -204,6 +204,10 @@ class VersionLoader:
             log.warning("model %s version %d: batch functions not warmed: %s", ver.model,
                         ver.version, exc)
             return
+        if stop is not None and stop.is_set():
+            log.info("model %s version %d: making batch functions stopped with the server",
+                     ver.model, ver.version)
+            return
         log.info("model %s version %d: batch functions warmed in %.2fs (batch sizes run: %s)",
                  ver.model, ver.version, time.perf_counter() - start,
                  ", ".join(map(str, fast.warmed_sizes)) or "none")
