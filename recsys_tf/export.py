@@ -176,10 +176,10 @@ def one_user_signature(model, specs):
 
     The inputs are ``specs`` (the raw features) with the batch dimension of every feature
     whose role is not ``"item"`` fixed at 1: that row stands for every row of the item
-    features (``n`` = rows of the first item input). A model that takes encoded inputs looks
-    the row up once and repeats its indices (``model.encode_inputs(inputs, rows=n)``); any
-    other repeats the raw row. Either way it answers what the model answers with the user's row
-    repeated ``n`` times. None when the inputs hold no item feature, or only item features.
+    features (``n`` = rows of the first item input), and the model's
+    ``one_user_probability`` answers what the model answers with the user's row repeated
+    ``n`` times, doing the user's part once where it can (lookups; DIEN's interest extractor).
+    None when the inputs hold no item feature, or only item features.
     TF Serving's batching refuses requests whose inputs differ in their first dimension, so
     this signature is for servers without ``--enable_batching``; the client falls back to
     ``serving_default`` when it is refused.
@@ -195,11 +195,7 @@ def one_user_signature(model, specs):
     @tf.function
     def one_user(**inputs):
         rows = tf.shape(inputs[items[0]])[0]
-        if model.supports_encoded_inputs:
-            x = model.encode_inputs(inputs, rows=rows)
-        else:
-            x = {n: tf.repeat(v, rows, axis=0) if n in once else v for n, v in inputs.items()}
-        return {model.output_name: model(x, training=False)}
+        return {model.output_name: model.one_user_probability(inputs, rows, once)}
 
     return one_user.get_concrete_function(**one)
 

@@ -36,6 +36,19 @@ class RankingModel(keras.Model):
         inputs = self.encoded(inputs)
         return tf.sigmoid(tf.squeeze(self.logit(inputs, training=training), axis=-1))
 
+    # plain Python, called from the export's traced signature: not converted by AutoGraph
+    @tf.autograph.experimental.do_not_convert
+    def one_user_probability(self, inputs, rows, once):
+        """The click probability ``[rows]`` of one user's candidates: ``inputs`` whose features
+        named in ``once`` (user, context) are one row standing for all ``rows`` rows of the
+        others (what the export's ``one_user`` signature serves). Equal to the model on the
+        inputs with that row repeated; a model that takes encoded inputs looks the row up once
+        and repeats its table rows instead."""
+        if self.supports_encoded_inputs:
+            return self(self.encode_inputs(inputs, rows=rows), training=False)
+        return self({n: tf.repeat(v, rows, axis=0) if n in once else v
+                     for n, v in inputs.items()}, training=False)
+
     def encoded(self, inputs):
         """``inputs`` with the lookups done once for all layers (unchanged if they already
         are, or if the model takes raw inputs only)."""
