@@ -128,6 +128,8 @@ class DIEN(DIN):
         same history, so its states ``h_t`` are computed on the first row and repeated (the
         extractor GRU is row-independent; 500 candidates: a call 25% shorter in
         ``benchmarks/one_user.py``)."""
+        if not all(s in once for s, _ in self.behavior):   # a history that is not the user's
+            return super().one_user_probability(inputs, rows, once)
         x = {n: tf.repeat(v, rows, axis=0) if n in once else v for n, v in inputs.items()}
         return tf.sigmoid(tf.squeeze(self.logit(x, training=False, one_history=True), axis=-1))
 
