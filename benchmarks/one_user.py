@@ -15,7 +15,7 @@ with a history of median length in the test rows; the answers are checked equal 
 recorded: the size of the Predict request a client sends for each (TensorProtos from the
 project's codec, as the client builds them). Latency is the p50 / p99 over all calls.
 
-    python benchmarks/one_user.py                     # 5 rankers, about 4 min on 2 cores
+    python benchmarks/one_user.py                     # 5 rankers, about 3 min on 2 cores
     python benchmarks/one_user.py --models deepfm dien --candidates 100
 
 Writes ``benchmarks/results/one_user.json`` and ``benchmarks/results/one_user.png``.
