@@ -357,7 +357,7 @@ def cmd_recommend(args):
                      ranker=args.ranker or None, ranker_version=args.ranker_version,
                      ranker_label=args.ranker_label, ranker_target=args.ranker_target,
                      timeout=args.timeout, max_attempts=args.attempts, rules=rules,
-                     debug=args.debug) as rec:
+                     ranker_signature=args.ranker_signature, debug=args.debug) as rec:
         result = rec.recommend(args.user_id, k=args.k, context=context,
                                n_candidates=args.candidates, diversity=args.diversity,
                                blend_weight=args.blend_weight, explore=args.explore,
@@ -515,6 +515,10 @@ def build_parser():
     s.add_argument("--ranker-label", default=None, help="pin a ranker version label (canary)")
     s.add_argument("--ranker-target", default=None,
                    help="host:port of the ranker when it is served elsewhere")
+    s.add_argument("--ranker-signature", default="auto",
+                   help="ranker signature: auto (default: one_user when the ranker has it, the "
+                        "user's features sent once; serving_default when a server refuses "
+                        "it), one_user or serving_default")
     s.add_argument("--blend-weight", type=float, default=0.0,
                    help="share of the retrieval score in the final score (default 0)")
     s.add_argument("--exclude", action="append", metavar="ITEM",

@@ -394,6 +394,12 @@ def test_cli_recommend_json_with_dcn_v2(fault_server, tables, tiny_synthetic, ca
                fault_server.target, "--tables", tables, "--category-cap", "1"])
     text = capsys.readouterr().out
     assert rc == 0 and "reasons" in text and "retrieved #" in text
+    rc = main(["recommend", "--user-id", u, "--k", "3", "--ranker", "dcn_v2", "--target",
+               fault_server.target, "--tables", tables, "--json", "--timeout", "10",
+               "--ranker-signature", "serving_default"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out["degraded"] is None
+    assert out["models"]["ranker"]["signature"] == "serving_default"
 
 
 def test_server_stopped_mid_run(fault_server, tables, user, caplog):
