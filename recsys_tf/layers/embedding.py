@@ -63,6 +63,14 @@ NUM_KEY = ".num"
 ID_SUFFIX = ".id"
 
 
+def repeat_rows(x, rows=None):
+    """``x`` (first dimension 1 or ``rows``) as ``rows`` rows; ``x`` itself when ``rows`` is
+    None. One user's row repeated for each of its candidates."""
+    if rows is None:
+        return x
+    return tf.broadcast_to(x, tf.concat([[rows], tf.shape(x)[1:]], 0))
+
+
 def id_key(name: str) -> str:
     """Key of a sequence's (or a derived feature's) precomputed indices in an encoded dict."""
     return name + ID_SUFFIX
@@ -216,24 +224,18 @@ class FeatureEmbedding(keras.layers.Layer):
         once and then repeated to ``rows`` rows (one user's features for many candidates)."""
         if is_encoded(inputs):
             return inputs
-
-        def rows_of(x):
-            if rows is None:
-                return x
-            return tf.broadcast_to(x, tf.concat([[rows], tf.shape(x)[1:]], 0))
-
         out = {}
         batch = tf.shape(inputs[self.features[0]])[0] if rows is None else rows
-        out[NUM_KEY] = (tf.stack([rows_of(tf.cast(inputs[n], tf.float32))
+        out[NUM_KEY] = (tf.stack([repeat_rows(tf.cast(inputs[n], tf.float32), rows)
                                   for n in self._numeric], 1)
                         if self._numeric else tf.zeros([batch, 0], tf.float32))
         out[CAT_KEY] = (
-            tf.stack([rows_of(tf.cast(self.lookup(n, inputs[n]), tf.int32))
+            tf.stack([repeat_rows(tf.cast(self.lookup(n, inputs[n]), tf.int32), rows)
                       for n in self._cat], 1)
             if self._cat else tf.zeros([batch, 0], tf.int32))
         for n in self._seq:
             ids = tf.cast(self.lookup(n, inputs[n]), tf.int32)
-            out[id_key(n)] = rows_of(tf.where(self.mask(inputs, n), ids, -1))
+            out[id_key(n)] = repeat_rows(tf.where(self.mask(inputs, n), ids, -1), rows)
         return out
 
     def embed_ids(self, name, values):

@@ -16,7 +16,7 @@ the data (or in the tf.data pipeline) so a training step holds no string lookups
 """
 from recsys_tf.backend import keras, tf
 from recsys_tf.features import FeatureSet
-from recsys_tf.layers.embedding import is_encoded
+from recsys_tf.layers.embedding import is_encoded, repeat_rows
 
 
 class RankingModel(keras.Model):
@@ -46,8 +46,12 @@ class RankingModel(keras.Model):
         and repeats its table rows instead."""
         if self.supports_encoded_inputs:
             return self(self.encode_inputs(inputs, rows=rows), training=False)
-        return self({n: tf.repeat(v, rows, axis=0) if n in once else v
-                     for n, v in inputs.items()}, training=False)
+        return self(self.user_row_repeated(inputs, rows, once), training=False)
+
+    @staticmethod
+    def user_row_repeated(inputs, rows, once):
+        """``inputs`` with the one-row features named in ``once`` repeated to ``rows`` rows."""
+        return {n: repeat_rows(v, rows) if n in once else v for n, v in inputs.items()}
 
     def encoded(self, inputs):
         """``inputs`` with the lookups done once for all layers (unchanged if they already

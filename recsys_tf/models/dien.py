@@ -130,7 +130,7 @@ class DIEN(DIN):
         ``benchmarks/one_user.py``)."""
         if not all(s in once for s, _ in self.behavior):   # a history that is not the user's
             return super().one_user_probability(inputs, rows, once)
-        x = {n: tf.repeat(v, rows, axis=0) if n in once else v for n, v in inputs.items()}
+        x = self.user_row_repeated(inputs, rows, once)
         return tf.sigmoid(tf.squeeze(self.logit(x, training=False, one_history=True), axis=-1))
 
     # Plain Python (the recurrences are unrolled over max_len): no AutoGraph conversion

@@ -61,7 +61,7 @@ import math
 from recsys_tf.backend import keras, tf
 from recsys_tf.features import Categorical, FeatureSet, Numeric, Sequence
 from recsys_tf.layers.embedding import (CAT_KEY, NUM_KEY, FeatureEmbedding, id_key, is_encoded,
-                                        normalise)
+                                        normalise, repeat_rows)
 from recsys_tf.layers.mlp import MLP
 from recsys_tf.models.base import RankingModel
 
@@ -201,13 +201,9 @@ class WideDeep(RankingModel, keras.experimental.WideDeepModel):
         if is_encoded(inputs):
             return inputs
         out = dict(self.dnn_model.embedding.encode(inputs, rows=rows))
-
-        def rows_of(x):     # a cross pairs values row by row: a one-row input is repeated
-            return x if rows is None else tf.broadcast_to(
-                x, tf.concat([[rows], tf.shape(x)[1:]], 0))
-
-        for c in self.crosses:
-            bins = self._cross_bins[cross_name(c)](tuple(rows_of(inputs[n]) for n in c))
+        for c in self.crosses:  # a cross pairs values row by row: a one-row input is repeated
+            bins = self._cross_bins[cross_name(c)](
+                tuple(repeat_rows(inputs[n], rows) for n in c))
             out[id_key(cross_name(c))] = tf.cast(tf.reshape(bins, [-1]), tf.int32)
         return out
 
