@@ -263,7 +263,7 @@ class Recommender(_ServedModels):
             return self._executor
 
 
-    def _build(self, model, sig, user, rows, items=None, skip=(), encoded=()):
+    def _build(self, model, sig, user, rows, items=None, skip=(), encoded=(), made=None):
         """Request inputs for a signature: item columns first, then user/context values.
 
         ``encoded`` names item columns taken from the item store's ``wire`` (object arrays of
@@ -271,6 +271,9 @@ class Recommender(_ServedModels):
         they are, when they are such arrays; anything else goes through the usual conversion.
         A user or context value goes out as one row where the signature's first dimension is
         1 (``one_user``), else repeated for each of the ``rows``.
+        ``made`` (optional, a dict kept for one ``recommend`` call, whose stages pass the same
+        ``user``): user-side arrays already built, by input name, dtype, shape and rows -
+        the retrieval and ``one_user`` requests carry the same ones, converted once.
         Returns ``(inputs, missing)``; inputs the user has no value for are sent as unknown
         ("" / NaN / 0) and listed in ``missing`` (or raise with ``strict``).
         """
@@ -286,17 +289,27 @@ class Recommender(_ServedModels):
                     out[name] = arr
                     continue
             if items is not None and name in items:
-                values, broadcast = items[name], False
-            elif name in user:
-                values, broadcast = [user[name]], True
-            else:
+                out[name] = arr = _input(model, name, spec, items[name], rows, False)
+                _check(model, name, spec, arr, rows)
+                continue
+            known = name in user
+            if not known:
                 if self.strict:
                     raise RequestError(model, name, "no value for this input (strict mode)")
                 missing.append(name)
-                values, broadcast = [None], True
-            n = 1 if broadcast and spec["shape"] and spec["shape"][0] == 1 else rows
-            out[name] = arr = _input(model, name, spec, values, n, broadcast)
+            shape = spec["shape"]
+            n = 1 if shape and shape[0] == 1 else rows
+            # what decides the array: dtype, rank and inner sizes, rows (not how the
+            # signature names the first dimension, -1 or 1)
+            key = (name, str(spec["dtype"]), None if shape is None else tuple(shape[1:]),
+                   shape is None or len(shape), n)
+            arr = None if made is None else made.get(key)
+            if arr is None:
+                arr = _input(model, name, spec, [user[name] if known else None], n, True)
+                if made is not None:
+                    made[key] = arr
             _check(model, name, spec, arr, n)
+            out[name] = arr
         return out, missing
 
     # -- stages ------------------------------------------------------------------------------
@@ -321,7 +334,8 @@ class Recommender(_ServedModels):
         def build(sig):
             mode, k_name, _, _ = self._retrieval_roles(sig)
             inputs, missing = self._build(self.retrieval_model, sig, user, 1,
-                                          skip=(k_name,) if k_name else ())
+                                          skip=(k_name,) if k_name else (),
+                                          made=state.user_inputs)
             if k_name:
                 inputs[k_name] = np.array(n, dtype=sig["inputs"][k_name]["dtype"])
             info["mode"] = mode
@@ -403,7 +417,8 @@ class Recommender(_ServedModels):
                 encoded = {n: v for n, v in wire(ids).items()
                            if n in sig["inputs"] and sig["inputs"][n]["dtype"] == "string"}
                 columns = {**items, **encoded}
-            return self._build(self.ranker, sig, user, len(ids), items=columns, encoded=encoded)
+            return self._build(self.ranker, sig, user, len(ids), items=columns, encoded=encoded,
+                               made=state.user_inputs)
 
         def predict(signature, sig=None):
             return self._predict(
@@ -526,8 +541,9 @@ class Recommender(_ServedModels):
         seq = tuple if self._tuple_ids else list
         if retrieved:
             if banned:
-                kept = [j for j, i in enumerate(ids) if i not in banned][:n_candidates]
-                ids = seq([ids[j] for j in kept])
+                hit = np.fromiter(map(banned.__contains__, ids), dtype=bool, count=len(ids))
+                kept = np.flatnonzero(~hit)[:n_candidates]
+                ids = seq(map(ids.__getitem__, kept.tolist()))
             else:
                 kept = slice(0, n_candidates)
                 ids = seq(ids[kept])

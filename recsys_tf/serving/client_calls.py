@@ -78,6 +78,7 @@ class _Call:
     build_ms: dict = dataclasses.field(default_factory=dict)   # stage -> request building
     signatures: dict = dataclasses.field(default_factory=dict)  # which -> signature called
     rows: object = None   # the retrieved candidates' rows in the in-memory item table, if known
+    user_inputs: dict = dataclasses.field(default_factory=dict)  # user-side arrays built
 
 
 @dataclasses.dataclass

@@ -160,7 +160,8 @@ def _input(model, name, spec, values, rows, broadcast):
                 raise RequestError(model, name, f"expects one value per row, got the sequence "
                                    f"{v!r:.60}")
             if dtype == "string":   # a read-only view repeating the value (sent packed)
-                return np.broadcast_to(np.array([_to_bytes(v)], dtype=object), (rows,))
+                one = np.array([_to_bytes(v)], dtype=object)
+                return one if rows == 1 else np.broadcast_to(one, (rows,))
             return np.full(rows, _numeric(model, name, [v], dtype)[0], dtype=dtype)
         if len(values) != rows:
             raise RequestError(model, name, f"has {len(values)} values for {rows} rows")

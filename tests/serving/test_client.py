@@ -326,6 +326,47 @@ def test_signature_read_once_and_cached(server, tables, tiny_synthetic):
                                         ("two_tower", True), ("deepfm", True)]
 
 
+def test_user_inputs_converted_once_per_call_and_shared_by_both_requests(server, tables,
+                                                                        tiny_synthetic):
+    """The retrieval request and the ranker's one_user request carry the user's row: it is
+    converted once per recommend call (the same arrays go into both), with the values a
+    Recommender that converts for each request sends; the next call converts afresh."""
+    u, ctx = _user(tiny_synthetic)
+
+    class Recording(Counting):
+        def __init__(self, target):
+            super().__init__(target)
+            self.inputs = []
+
+        def predict(self, model, inputs, **kwargs):
+            self.inputs.append((model, dict(inputs)))
+            return super().predict(model, inputs, **kwargs)
+
+    rec_client = Recording(server)
+    with Recommender(server, tables, client=rec_client) as rec:
+        rec.recommend(u, k=3, context=ctx, n_candidates=10)
+        rec.recommend(u, k=3, context=ctx, n_candidates=10)
+    (m1, retrieval), (m2, ranking), (_, retrieval_again), _ = rec_client.inputs
+    assert (m1, m2) == ("two_tower", "deepfm")
+    shared = sorted(set(retrieval) & set(ranking))
+    assert {"user_id", "history", "hour"} <= set(shared)
+    for name in shared:
+        assert ranking[name] is retrieval[name], name          # converted once
+        assert ranking[name].shape[0] == 1                      # one_user: one row
+        assert retrieval_again[name] is not retrieval[name]     # a new call converts afresh
+        np.testing.assert_array_equal(retrieval_again[name], retrieval[name])
+    # the values are what building each request on its own gives
+    with Recommender(server, tables) as rec:
+        for model, sent in (("two_tower", retrieval), ("deepfm", ranking)):
+            sig = rec.client.signature(model, "one_user" if model == "deepfm"
+                                       else "serving_default")
+            user = rec.users.get(u)
+            user.update(ctx)
+            alone, _ = rec._build(model, sig, user, 1, skip=("k",))
+            for name in shared:
+                np.testing.assert_array_equal(alone[name], sent[name])
+
+
 def test_recommend_many_and_asyncio_match_one_by_one(server, tables, tiny_synthetic):
     ds = tiny_synthetic
     users = ds.test.user_id.drop_duplicates().head(6).tolist()
