@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import List, Optional, Set, Tuple
 
 import grpc
 import tensorflow as tf
@@ -175,9 +175,15 @@ class VersionLoader:
         packed = any_pb2.Any()
         packed.Pack(sig_map)
         ver = _Version(name, version, path, loaded, signature_defs, functions, packed)
-        if DEFAULT_SIGNATURE in functions and DEFAULT_SIGNATURE in signature_defs:
-            self._fast(ver, DEFAULT_SIGNATURE)  # traced now, not on the first request
-        warm = self._run_warmup(ver) if self.warmup else 0
+        for key in functions:           # traced now, not on the first request
+            if key in signature_defs:
+                self._fast(ver, key)
+        warm, replayed = self._run_warmup(ver) if self.warmup else (0, set())
+        # the signatures no warmup record ran (e.g. a ranker's one_user, which the client
+        # calls): run once on made-up rows, else their first request pays for the first run
+        for key, fast in list(ver.fast.items()):
+            if fast is not None and key not in replayed:
+                fast.warm_once()
         fast = ver.fast.get(DEFAULT_SIGNATURE)
         if fast is not None and fast.batchable and self.batching is not None:
             thread = threading.Thread(target=self._warm_batches,
@@ -212,12 +218,13 @@ class VersionLoader:
                  ver.model, ver.version, time.perf_counter() - start,
                  ", ".join(map(str, fast.warmed_sizes)) or "none")
 
-    def _run_warmup(self, ver: _Version) -> int:
-        """Replay the version's warmup records; any failure fails the load, as in TF Serving."""
+    def _run_warmup(self, ver: _Version) -> Tuple[int, Set[str]]:
+        """Replay the version's warmup records; any failure fails the load, as in TF Serving.
+        Returns the requests run and the signatures they named."""
         path = _join(ver.path, _WARMUP_FILE)
         if not tf.io.gfile.exists(path):
-            return 0
-        done = 0
+            return 0, set()
+        done, names = 0, set()
         for i, record in enumerate(tf.data.TFRecordDataset(path)):
             if i >= _MAX_WARMUP_RECORDS:
                 raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
@@ -229,11 +236,13 @@ class VersionLoader:
                 log.warning("model %s version %d: %s warmup records are not replayed",
                             ver.model, ver.version, kind)
                 continue
+            request = entry.predict_log.request
             for _ in range(self.warmup_iterations):
                 try:
-                    self._run_predict(ver, entry.predict_log.request, batch=False)
+                    self._run_predict(ver, request, batch=False)
                 except ServingError as exc:
                     raise ServingError(exc.code, f"warmup request {i} failed: {exc.message}") \
                         from None
                 done += 1
-        return done
+            names.add(request.model_spec.signature_name or DEFAULT_SIGNATURE)
+        return done, names

@@ -166,12 +166,31 @@ class _FastSignature:
             example = self._warm_each_bucket(stop)
             self._warm_sizes(example, sizes, stop)
 
-    def _warm_each_bucket(self, stop=None) -> List[bytes]:
+    def _example(self) -> List[bytes]:
+        """Made-up serialized inputs: one row (or the fixed size) of zeros / empty strings;
+        unknown dimensions 1, scalars a zero."""
         example = []
         for dtype, shape in zip(self._dtypes, self._shapes):
-            dims = [1] + [1 if d is None else d for d in shape.as_list()[1:]]
+            dims = [] if shape.rank == 0 else [1 if d is None else d for d in
+                                               (shape.as_list() if shape.rank else [None])]
             value = tf.fill(dims, "") if dtype == tf.string else tf.zeros(dims, dtype)
             example.append(tf.io.serialize_tensor(value).numpy())
+        return example
+
+    def warm_once(self) -> bool:
+        """Run the unbatched function once on made-up inputs (``_example``), so the first
+        request does not pay for the function's first run (TensorFlow optimises a function's
+        graph then: a few tenths of a second for a ranker). False when that run fails (e.g.
+        the signature refuses zeros); the signature still serves."""
+        try:
+            self.fn(tf.constant(self._example(), dtype=tf.string))
+            return True
+        except Exception as exc:  # noqa: BLE001 -- only a warm-up missed
+            log.debug("signature not run before use: %s", exc)
+            return False
+
+    def _warm_each_bucket(self, stop=None) -> List[bytes]:
+        example = self._example()
         for count in self.UNROLLED:
             if stop is not None and stop.is_set():
                 break

@@ -486,6 +486,60 @@ def _write_warmup(version_dir):
         writer.write(entry.SerializeToString())
 
 
+def test_signatures_without_warmup_records_run_once_at_load(tmp_path):
+    """Every signature is traced when a version loads, and those the warmup records do not
+    name (a ranker's one_user, which the client calls) run once on made-up rows (zeros,
+    empty strings), so no first request pays for a function's first run; one that fails on
+    them (here: a scalar input that must be >= 1) still loads and serves."""
+    runs = []
+
+    def record(name):
+        def fn(x):
+            runs.append(name)
+            return x
+        return fn
+
+    class M(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
+        def serve(self, x):
+            return {"y": tf.py_function(record("default"), [x], tf.float32) * 2.0}
+
+        @tf.function(input_signature=[tf.TensorSpec([1, 2], tf.string, name="user"),
+                                      tf.TensorSpec([None], tf.float32, name="x")])
+        def one_row(self, user, x):
+            y = tf.py_function(record("one_row"), [x], tf.float32)
+            return {"y": y + tf.cast(tf.strings.length(user[0, 0]), tf.float32)}
+
+        @tf.function(input_signature=[tf.TensorSpec([], tf.int32, name="k")])
+        def needs_k(self, k):
+            with tf.control_dependencies([tf.debugging.assert_positive(k)]):
+                return {"y": tf.py_function(record("needs_k"), [k], tf.int32)}
+
+    m = M()
+    tf.saved_model.save(m, str(tmp_path / "m" / "1"), signatures={
+        "serving_default": m.serve.get_concrete_function(),
+        "one_row": m.one_row.get_concrete_function(),
+        "needs_k": m.needs_k.get_concrete_function()})
+    entry = prediction_log_pb2.PredictionLog()
+    request = entry.predict_log.request
+    request.model_spec.name = "m"
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.ones(2, np.float32)))
+    (tmp_path / "m" / "1" / "assets.extra").mkdir()
+    with tf.io.TFRecordWriter(str(tmp_path / "m" / "1" / "assets.extra" /
+                                  "tf_serving_warmup_requests")) as writer:
+        writer.write(entry.SerializeToString())
+    with ModelServer(model_name="m", model_base_path=str(tmp_path / "m"), port=0) as srv:
+        version = srv._models["m"].versions[1]
+        assert sorted(k for k, f in version.fast.items() if f is not None) == \
+            ["needs_k", "one_row", "serving_default"]
+        assert sorted(runs) == ["default", "one_row"]   # the record; one made-up run
+        with ServingClient(srv.target) as c:
+            out = c.predict("m", {"user": np.array([[b"abc", b""]], dtype=object),
+                                  "x": np.array([1.0, 2.0], np.float32)}, signature="one_row")
+            assert out["y"].tolist() == [4.0, 5.0]
+            assert c.predict("m", {"k": np.array(3, np.int32)}, signature="needs_k")["y"] == 3
+
+
 def _available(client, model):
     return sorted(v for v, state in client.status(model).items() if state == "AVAILABLE")
 
