@@ -42,6 +42,12 @@ on the same cores, and its clients' besides:
                        nothing, still one call a request: the share of the server's cost that
                        is not the model's)
 
+and, per gRPC way, the CPU a request costs the server process and the benchmark process (its
+client threads), from ``/proc/PID/stat`` over the timed part of each run
+(``server_cpu_ms_per_request``, ``benchmark_process_cpu_ms_per_request``; at the highest
+concurrency also in the summary): on shared cores their sum bounds the QPS at
+``cores / CPU per request``.
+
 Everything stays on loopback. The machine may be shared with other work (the load average is
 recorded before and after): compare figures from one run only.
 
@@ -123,6 +129,13 @@ def pin_this_process(cpus):
             os.sched_setaffinity(int(tid), cpus)
         except OSError:  # a thread that ended meanwhile
             pass
+
+
+def process_cpu_seconds(pid):
+    """User + system CPU seconds a process has used so far (``/proc/PID/stat``)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _load_average():
@@ -423,6 +436,7 @@ def _measure_cell(args, modes, timeouts, servers, rest_ports, name, rows, c, fn,
     """One (model, rows, clients) cell: every mode, ``args.repeats`` times, order rotated."""
     cells = {m: [] for m in modes}
     batch_stats = {m: [0, 0] for m in timeouts}
+    cpu = {m: [0.0, 0.0] for m in modes}   # CPU seconds of (the server, this process)
     for r in range(args.repeats):
         k = r % len(modes)
         for mode in modes[k:] + modes[:k]:  # rotated: no mode always first
@@ -434,14 +448,20 @@ def _measure_cell(args, modes, timeouts, servers, rest_ports, name, rows, c, fn,
                 threads = args.num_batch_threads
             else:
                 make, channels = grpc_caller(servers[mode].target, name, arrays)
-            before = []
+            before, cpu_before = [], []
+            server = servers.get(mode)
 
-            def snapshot(mode=mode):  # after the warm-up calls, which run alone
+            def snapshot(mode=mode, server=server):  # after the warm-up calls, which run alone
                 if mode in timeouts:
                     before.extend(_batch_totals(rest_ports[mode]))
+                cpu_before[:] = [process_cpu_seconds(server.proc.pid) if server else 0.0,
+                                 time.process_time()]
 
             cells[mode].append(run_cell(make, threads, args.seconds, args.max_requests,
                                         on_start=snapshot))
+            cpu[mode][0] += (process_cpu_seconds(server.proc.pid) if server else 0.0) - \
+                cpu_before[0]
+            cpu[mode][1] += time.process_time() - cpu_before[1]
             if mode in timeouts:
                 after = _batch_totals(rest_ports[mode])
                 batch_stats[mode][0] += after[0] - before[0]
@@ -452,6 +472,11 @@ def _measure_cell(args, modes, timeouts, servers, rest_ports, name, rows, c, fn,
     for mode in modes:
         row = {"model": name, "mode": mode, "concurrency": c, "rows": rows,
                **summarize_repeats(cells[mode], rows)}
+        done = sum(len(lat) for lat, _, _ in cells[mode])
+        if done:    # CPU a request: the server process's (gRPC ways) and this process's
+            if mode in servers:
+                row["server_cpu_ms_per_request"] = round(cpu[mode][0] / done * 1e3, 3)
+            row["benchmark_process_cpu_ms_per_request"] = round(cpu[mode][1] / done * 1e3, 3)
         if mode == IDEAL:  # a call is c requests: count requests, as the other modes do
             row.update(requests_per_call=c, calls_per_s=row["qps"],
                        qps=round(row["qps"] * c, 1), rows_per_s=round(row["rows_per_s"] * c, 1),
@@ -656,6 +681,11 @@ def main(argv=None):
                 if inproc_hi["qps"] else 0.0,
                 f"noop_model_gain_at_{c_hi}": round(noop_hi["qps"] / srv_hi["qps"], 2)
                 if srv_hi["qps"] else 0.0,
+                # CPU ms a request at the highest concurrency: (server process, clients)
+                f"cpu_ms_per_request_at_{c_hi}": {
+                    m: [cell(m, c_hi).get("server_cpu_ms_per_request"),
+                        cell(m, c_hi).get("benchmark_process_cpu_ms_per_request")]
+                    for m in ["server", NOOP, *timeouts] if cell(m, c_hi) is not None},
                 "errors": sum(r["errors"] for r in results
                               if r["model"] == name and r["rows"] == rows)}
     out = {
