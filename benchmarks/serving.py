@@ -65,8 +65,8 @@ Usage::
     python benchmarks/serving.py --models deepfm dcn_v2 --rows 20 --seconds 2
     python benchmarks/serving.py --pin 0:1         # servers on core 0, clients on core 1
 
-Writes ``benchmarks/results/serving.json`` and ``benchmarks/results/serving.png``
-(``serving_pinned.*`` with ``--pin``).
+Writes ``benchmarks/results/serving.json``, ``serving.png`` (QPS and latency) and
+``serving_cpu.png`` (CPU a request) (``serving_pinned*`` with ``--pin``).
 """
 from __future__ import annotations
 
@@ -399,6 +399,49 @@ def plot(results, path, row_sizes, layout=""):
     plt.close(fig)
 
 
+def plot_cpu(results, path, layout=""):
+    """CPU a request at the highest concurrency, per model and request size: the server
+    process and the clients' process stacked, for each gRPC way - the bar that must shrink
+    for more QPS on shared cores (one panel per request size, linear scales)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    c_hi = max(r["concurrency"] for r in results)
+    cells = [r for r in results if r["concurrency"] == c_hi and "server_cpu_ms_per_request" in r]
+    if not cells:
+        return
+    sizes = sorted({r["rows"] for r in cells})
+    modes = list(dict.fromkeys(r["mode"] for r in cells))
+    models = list(dict.fromkeys(r["model"] for r in cells))
+    width = 0.8 / len(modes)
+    fig, axes = plt.subplots(1, len(sizes), figsize=(max(8.0, 1.1 * len(models)) * len(sizes)
+                                                     / 1.6, 4.2), squeeze=False)
+    for ax, rows in zip(axes[0], sizes):
+        for k, mode in enumerate(modes):
+            by = {r["model"]: r for r in cells if r["mode"] == mode and r["rows"] == rows}
+            xs = [i + (k - (len(modes) - 1) / 2) * width for i in range(len(models))]
+            server = [by[m]["server_cpu_ms_per_request"] if m in by else 0.0 for m in models]
+            clients = [by[m]["benchmark_process_cpu_ms_per_request"] if m in by else 0.0
+                       for m in models]
+            bars = ax.bar(xs, server, width, label=f"{mode}: server")
+            ax.bar(xs, clients, width, bottom=server, color=bars[0].get_facecolor(),
+                   alpha=0.35, label=f"{mode}: clients")
+        ax.set_xticks(range(len(models)))
+        ax.set_xticklabels(models, fontsize=8)
+        ax.set_title(f"{rows} rows/request, {c_hi} clients", fontsize=9)
+        ax.set_ylabel("CPU ms per request")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][-1].set_ylim(0, axes[0][-1].get_ylim()[1] * 1.5)    # room for the legend
+    axes[0][-1].legend(fontsize=7, ncol=2, loc="upper left")
+    fig.suptitle("CPU a request costs: server process (solid) + clients (light)"
+                 + (f"; {layout}" if layout else ""), fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 # --------------------------------------------------------------------------- stages
 def _stage(args, *stage_args):
     """Run one stage of this script in a fresh process; returns its JSON answer."""
@@ -472,7 +515,7 @@ def _measure_cell(args, modes, timeouts, servers, rest_ports, name, rows, c, fn,
     for mode in modes:
         row = {"model": name, "mode": mode, "concurrency": c, "rows": rows,
                **summarize_repeats(cells[mode], rows)}
-        done = sum(len(lat) for lat, _, _ in cells[mode])
+        done = sum(len(lat) for lat, _, _ in cells[mode]) * (c if mode == IDEAL else 1)
         if done:    # CPU a request: the server process's (gRPC ways) and this process's
             if mode in servers:
                 row["server_cpu_ms_per_request"] = round(cpu[mode][0] / done * 1e3, 3)
@@ -730,6 +773,7 @@ def main(argv=None):
               f"{','.join(map(str, sorted(client_cpus)))}" if args.pin else
               f"servers and clients sharing {os.cpu_count()} CPUs")
     plot(results, os.path.splitext(args.out)[0] + ".png", args.rows, layout)
+    plot_cpu(results, os.path.splitext(args.out)[0] + "_cpu.png", layout)
     print(json.dumps(summary, indent=2))
     print(f"wrote {args.out} ({out['seconds']} s)")
     return 0
