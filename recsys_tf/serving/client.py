@@ -301,8 +301,8 @@ class Recommender(_ServedModels):
             n = 1 if shape and shape[0] == 1 else rows
             # what decides the array: dtype, rank and inner sizes, rows (not how the
             # signature names the first dimension, -1 or 1)
-            key = (name, str(spec["dtype"]), None if shape is None else tuple(shape[1:]),
-                   shape is None or len(shape), n)
+            key = (name, str(spec["dtype"]), n,
+                   None if shape is None else (len(shape), tuple(shape[1:])))
             arr = None if made is None else made.get(key)
             if arr is None:
                 arr = _input(model, name, spec, [user[name] if known else None], n, True)

@@ -244,15 +244,19 @@ def fault_server(fault_root):
 
 
 class _SlowProxy(prediction_service_pb2_grpc.PredictionServiceServicer):
-    """Forwards to a server, holding Predict for the models in ``delays`` first."""
+    """Forwards to a server, holding Predict for the models in ``delays`` first (until
+    ``released`` is set: the fixture lets held calls finish while the upstream still runs,
+    rather than have them fail after it stopped - and log a traceback while the test session
+    may be importing, which CPython 3.11's ast module does not survive from two threads)."""
 
-    def __init__(self, upstream, delays):
+    def __init__(self, upstream, delays, released):
         self.stub = prediction_service_pb2_grpc.PredictionServiceStub(
             grpc.insecure_channel(upstream))
         self.delays = delays
+        self.released = released
 
     def Predict(self, request, context):
-        time.sleep(self.delays.get(request.model_spec.name, 0))
+        self.released.wait(self.delays.get(request.model_spec.name, 0))
         return self.stub.Predict(request, timeout=10)
 
     def GetModelMetadata(self, request, context):
@@ -261,14 +265,15 @@ class _SlowProxy(prediction_service_pb2_grpc.PredictionServiceServicer):
 
 @pytest.fixture
 def slow_proxy(fault_server):
-    delays = {}
+    delays, released = {}, threading.Event()
     srv = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        _SlowProxy(fault_server.target, delays), srv)
+        _SlowProxy(fault_server.target, delays, released), srv)
     port = srv.add_insecure_port("127.0.0.1:0")
     srv.start()
     yield f"127.0.0.1:{port}", delays
-    srv.stop(0)
+    released.set()
+    srv.stop(grace=5).wait(10)
 
 
 def test_slow_ranker_times_out_to_retrieval_order(slow_proxy, tables, user):
