@@ -60,7 +60,7 @@ AAAI 2019.
 """
 from recsys_tf.backend import keras, tf
 from recsys_tf.layers.augru import MODES, AUGRUCell, extent_of, keras_gru_sequence
-from recsys_tf.layers.embedding import id_key
+from recsys_tf.layers.embedding import id_key, repeat_rows
 from recsys_tf.models.din import DIN
 
 
@@ -143,8 +143,8 @@ class DIEN(DIN):
             inputs = self.trimmed(inputs)
         behaviors, mask, target, others = self.embed(inputs)
         if one_history:
-            h = self.attention_keys(behaviors[:1], mask[:1])                    # [1, L, H]
-            h = tf.broadcast_to(h, tf.concat([tf.shape(behaviors)[:1], tf.shape(h)[1:]], 0))
+            h = repeat_rows(self.attention_keys(behaviors[:1], mask[:1]),       # [b, L, H]
+                            tf.shape(behaviors)[0])
         else:
             h = self.attention_keys(behaviors, mask)                            # [b, L, H]
         if training and self.aux_loss_weight:

@@ -34,10 +34,11 @@ Models come from one of three places:
 Versions are swapped in as TF Serving's availability-preserving policy does: a new version is
 loaded and warmed up (``assets.extra/tf_serving_warmup_requests`` replayed; a failing warmup
 fails the load; each signature no record names is then run once on made-up rows, whose
-failure is ignored), then requests are routed to it, then the old version is let go -- requests in
-flight finish on the version they started on, so none fails during a swap. A version that
-fails to load is reported in ``GetModelStatus`` (state END with the error) and the served
-version stays. ``poll_seconds`` (``--file_system_poll_wait_seconds``) rescans the folders.
+failure is ignored), then requests are routed to it, then the old version is let go --
+requests in flight finish on the version they started on, so none fails during a swap. A
+version that fails to load is reported in ``GetModelStatus`` (state END with the error) and
+the served version stays. ``poll_seconds`` (``--file_system_poll_wait_seconds``) rescans the
+folders.
 
 Safe defaults: the server binds 127.0.0.1 unless told otherwise; a request over
 ``max_message_bytes`` (64 MiB) is refused; model names are plain names and every base path
