@@ -72,7 +72,7 @@ def _config(quick):
 def prepare(models_dir, quick, say):
     """Train and export the three models once (reused while the config is unchanged)."""
     from recsys_tf import data
-    from recsys_tf.cli import train
+    from recsys_tf.pipeline import train
 
     config = _config(quick)
     config["exports"] = 2   # 2: rankers with the one_user signature (re-exported when older)

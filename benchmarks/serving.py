@@ -148,7 +148,7 @@ def _load_average():
 # --------------------------------------------------------------------------- models
 def build_models(root, names, seed=0):
     """Train each ranker briefly on the synthetic data and export it under ``root``."""
-    from recsys_tf.cli import train
+    from recsys_tf.pipeline import train
 
     ds = _dataset(seed)
     info = {}

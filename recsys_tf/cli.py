@@ -88,90 +88,6 @@ def cmd_data(args):
 
 
 # -- train ---------------------------------------------------------------------------------
-def train(model_name, ds, epochs=None, batch_size=None, export_dir=None, learning_rate=None,
-          verbose=None, options=None, export_name=None, scann=True, scann_recall=0.95,
-          scann_index_k=None, embedding_lr_multiplier=None, weight_averaging=None,
-          warmup_batch_sizes=()):
-    """Trains ``model_name`` on ``ds``, evaluates it, optionally exports; returns the metrics.
-
-    ``two_tower`` exports twice: ``<export_dir>/two_tower`` (brute force, stock ops) and, when
-    ``scann`` and ScaNN is installed, ``<export_dir>/two_tower_scann`` (a ScaNN index tuned to
-    ``scann_recall`` recall@10 against exact search; requests may ask for up to
-    ``scann_index_k`` items, default ``min(n_items, 1000)``). ``embedding_lr_multiplier``: the
-    rankers' embedding tables learn at this multiple of ``learning_rate`` (default: the
-    trainer's, :data:`recsys_tf.training.EMBEDDING_LR_MULTIPLIER`). ``weight_averaging``: the
-    rankers' weight-average momentum (0: off; default: the trainer's, see
-    :func:`recsys_tf.training.train_ranker`). ``warmup_batch_sizes``: rankers' exports also
-    get a warmup request of each of these many rows (:func:`recsys_tf.export.write_warmup`).
-    """
-    from recsys_tf import export, models, training
-
-    options = dict(options or {})
-    cls = models.get(model_name)
-    fs = ds.feature_set
-    if model_name == "two_tower":
-        model = cls(fs, **options)
-        hparams = {"epochs": epochs or 3, "batch_size": batch_size or 256,
-                   "learning_rate": learning_rate or 0.1}
-        fit = training.train_retrieval(model, ds, verbose=verbose, **hparams)
-        scores = training.evaluate_retrieval(model, ds)
-        n_train, n_test = len(ds.retrieval_train), len(ds.retrieval_test)
-    else:
-        model = cls(fs, **options)
-        hparams = {"epochs": epochs or 2, "batch_size": batch_size or 256,
-                   "learning_rate": learning_rate or 1e-3,
-                   "embedding_lr_multiplier": (training.EMBEDDING_LR_MULTIPLIER
-                                               if embedding_lr_multiplier is None
-                                               else embedding_lr_multiplier)}
-        fit = training.train_ranker(model, ds, verbose=verbose,
-                                    weight_averaging=weight_averaging, **hparams)
-        hparams["weight_averaging"] = fit["weight_averaging"]
-        compiled = model.optimizer if isinstance(model.optimizer, (list, tuple)) else [
-            model.optimizer]
-        if not any(hasattr(o, "sparse_multiplier") for o in compiled):
-            del hparams["embedding_lr_multiplier"]   # DIN/DIEN train with Adam: not applied
-        scores = training.evaluate_ranker(model, ds)
-        n_train, n_test = len(ds.train), len(ds.test)
-    result = {"model": model_name, "dataset": ds.name, "n_train": n_train, "n_test": n_test,
-              "train_seconds": round(fit["train_seconds"], 3),
-              "train_examples_per_sec": round(fit["train_examples_per_sec"], 1),
-              "epochs_run": fit["epochs_run"], **{k: float(v) for k, v in scores.items()}}
-    if "oracle_auc" in scores:
-        result["gap_to_oracle_auc"] = float(scores["oracle_auc"] - scores["auc"])
-    if export_dir:
-        card = {"dataset": ds.name, "metrics": result, "data_info": ds.info,
-                "training": hparams}
-        name = export_name or model_name
-        if model_name == "two_tower":
-            path = export.export_retrieval(model, ds, export_dir, name=name, card=card)
-            if scann:
-                _export_scann(model, ds, export_dir, f"{name}_scann", card, result,
-                              scann_recall, scann_index_k)
-        else:
-            sample = fs.arrays(ds.test.head(3), model.features)
-            path = export.export_ranker(model, export_dir, name, card=card, warmup_inputs=sample,
-                                        warmup_batch_sizes=warmup_batch_sizes)
-        result["export_path"] = path
-    return result, model
-
-
-def _export_scann(model, ds, export_dir, name, card, result, target_recall, index_k):
-    """The ScaNN flavour of a two-tower export; skipped with a note when ScaNN is missing."""
-    from recsys_tf import export, scann_index
-
-    if not scann_index.available():
-        _say(f"note: {name} not exported: {scann_index.INSTALL_HINT}")
-        result["scann_export_path"] = None
-        return
-    path = export.export_scann_retrieval(model, ds, export_dir, name=name, card=card,
-                                         target_recall=target_recall, index_k=index_k)
-    info = export.read_model_card(path)["scann"]
-    result["scann_export_path"] = path
-    result["scann_recall_at_10"] = float(info[f"recall_at_{info['k']}"])
-    result["scann_settings"] = {k: info["settings"][k] for k in
-                                ("num_leaves", "leaves_to_search", "dims_per_block", "reorder")}
-
-
 def cmd_train(args):
     if args.model not in MODEL_NAMES:
         _say(f"error: unknown model {args.model!r}; models are {', '.join(MODEL_NAMES)}")
@@ -198,7 +114,9 @@ def cmd_train(args):
         return 2
     ds = _load_data(args)
     _say(f"training {args.model} on {ds.name}: {len(ds.train):,} training rows")
-    result, _ = train(args.model, ds, epochs=args.epochs, batch_size=args.batch_size,
+    from recsys_tf import pipeline
+
+    result, _ = pipeline.train(args.model, ds, epochs=args.epochs, batch_size=args.batch_size,
                       export_dir=args.export_dir, learning_rate=args.learning_rate,
                       options=_parse_options(args.model_option, "--model-option"),
                       scann=not args.no_scann, scann_recall=args.scann_recall,
@@ -216,10 +134,7 @@ def cmd_train(args):
 # -- evaluate ------------------------------------------------------------------------------
 def cmd_evaluate(args):
     """Scores a ranker SavedModel on the test split through its serving signature."""
-    import numpy as np
-
-    from recsys_tf import metrics
-    from recsys_tf.backend import tf
+    from recsys_tf import pipeline
     from recsys_tf.export import read_model_card
 
     card = read_model_card(args.model_dir)
@@ -227,35 +142,11 @@ def cmd_evaluate(args):
         _say(f"error: {args.model_dir} holds a {card.get('kind')} model; evaluate takes rankers")
         return 2
     ds = _load_data(args)
-    fn = tf.saved_model.load(args.model_dir).signatures["serving_default"]
-    names = list(fn.structured_input_signature[1])
-    x = ds.feature_set.arrays(ds.test, names)
-    probs = []
-    for s in range(0, len(ds.test), 4096):
-        out = fn(**{n: tf.constant(v[s:s + 4096]) for n, v in x.items()})
-        probs.append(next(iter(out.values())).numpy().reshape(-1))
-    p, y = np.concatenate(probs), ds.test[ds.feature_set.label].to_numpy()
-    print(json.dumps({"model_dir": args.model_dir, "dataset": ds.name, "n_test": len(y),
-                      "auc": metrics.auc(y, p), "logloss": metrics.logloss(y, p)}, indent=2))
+    print(json.dumps(pipeline.evaluate_saved_model(args.model_dir, ds), indent=2))
     return 0
 
 
 # -- export --------------------------------------------------------------------------------
-def model_config_text(export_dir, base_path_prefix=None):
-    """A TF Serving ``ModelServerConfig`` (text proto) for every model under ``export_dir``."""
-    from recsys_tf.export import versions
-
-    lines = ["model_config_list {"]
-    for name in sorted(os.listdir(export_dir)):
-        if not versions(export_dir, name):
-            continue
-        base = os.path.join(base_path_prefix or os.path.abspath(export_dir), name)
-        lines += ["  config {", f'    name: "{name}"', f'    base_path: "{base}"',
-                  '    model_platform: "tensorflow"', "  }"]
-    lines.append("}")
-    return "\n".join(lines) + "\n"
-
-
 def cmd_export(args):
     from recsys_tf.export import versions
 
@@ -266,6 +157,8 @@ def cmd_export(args):
         v = versions(args.export_dir, name)
         if v:
             _say(f"{name}: versions {v}")
+    from recsys_tf.pipeline import model_config_text
+
     text = model_config_text(args.export_dir, args.base_path_prefix)
     if args.config_out:
         with open(args.config_out, "w") as f:
@@ -372,6 +265,7 @@ def cmd_recommend(args):
 # -- demo ----------------------------------------------------------------------------------
 def cmd_demo(args):
     from recsys_tf import data
+    from recsys_tf.pipeline import train
     from recsys_tf.serving.client import Recommender
     from recsys_tf.serving.server import ModelServer
 

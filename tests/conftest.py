@@ -35,7 +35,7 @@ def tiny_synthetic():
 @pytest.fixture(scope="session")
 def trained(tiny_synthetic, tmp_path_factory):
     """Two-tower + DeepFM trained for a few steps on the tiny set and exported once."""
-    from recsys_tf.cli import train
+    from recsys_tf.pipeline import train
 
     root = str(tmp_path_factory.mktemp("saved_models"))
     tt, tt_model = train("two_tower", tiny_synthetic, epochs=2, batch_size=128, export_dir=root,

@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from recsys_tf.cli import main, model_config_text
+from recsys_tf.cli import main
+from recsys_tf.pipeline import model_config_text
 from recsys_tf.export import read_model_card
 
 TINY_OPTS = ["--data-option", "n_users=40", "--data-option", "n_items=30",
@@ -71,17 +72,17 @@ def test_train_two_tower_writes_retrieval_metrics(tmp_path):
 
 
 def test_train_passes_the_embedding_lr_multiplier(monkeypatch):
-    from recsys_tf import cli, data, training
+    from recsys_tf import data, pipeline, training
 
     seen = []
     real = training.train_ranker
     monkeypatch.setattr(training, "train_ranker",
                         lambda *a, **k: seen.append(k["embedding_lr_multiplier"]) or real(*a, **k))
     ds = data.load("synthetic", n_users=40, n_items=30, n_train=600, n_test=200)
-    _, model = cli.train("deepfm", ds, epochs=1, verbose=0, options={"dim": 4, "dnn_units": [8]},
+    _, model = pipeline.train("deepfm", ds, epochs=1, verbose=0, options={"dim": 4, "dnn_units": [8]},
                          embedding_lr_multiplier=1.5)
     assert model.optimizer.sparse_multiplier == 1.5
-    cli.train("deepfm", ds, epochs=1, verbose=0, options={"dim": 4, "dnn_units": [8]})
+    pipeline.train("deepfm", ds, epochs=1, verbose=0, options={"dim": 4, "dnn_units": [8]})
     assert seen == [1.5, training.EMBEDDING_LR_MULTIPLIER]
 
 

@@ -24,7 +24,7 @@ SMALL = dict(n_users=80, n_items=400, n_categories=8, n_train=4000, n_test=800, 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     from recsys_tf import data
-    from recsys_tf.cli import train
+    from recsys_tf.pipeline import train
 
     ds = data.load("synthetic", None, **SMALL)
     root = str(tmp_path_factory.mktemp("saved_models"))

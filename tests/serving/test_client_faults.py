@@ -211,7 +211,7 @@ def test_retries_never_run_past_the_stage_deadline(server, tables, user):
 @pytest.fixture(scope="module")
 def fault_root(trained, tiny_synthetic, tmp_path_factory):
     """Copies of the session's exports plus a tiny DCN-v2 and a toy ranker ("canary")."""
-    from recsys_tf.cli import train
+    from recsys_tf.pipeline import train
 
     root = tmp_path_factory.mktemp("fault_models")
     for name in ("two_tower", "deepfm"):
