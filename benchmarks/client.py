@@ -170,7 +170,7 @@ class CodecTimer:
     """Wraps the codec's two entry points to time them per thread (ms)."""
 
     def __init__(self):
-        from recsys_tf.serving import codec
+        from recsys_tf.wire import codec
 
         self.codec, self.local = codec, threading.local()
         self._orig = (codec.to_tensor_proto, codec.to_ndarray)
@@ -293,7 +293,7 @@ def signature_comparison(target, local, tables, rankers, retrieval, requests, kw
     """Per ranker: the pipeline with the ranker called through ``one_user`` and through
     ``serving_default``, through the server and in-process, at concurrency 1, the four ways
     alternating round by round (order reversed every other round). One row per way."""
-    from recsys_tf.serving.client import Recommender
+    from recsys_tf.client.recommender import Recommender
 
     out = []
     for ranker in rankers:
@@ -379,7 +379,7 @@ def main(argv=None):
         tempfile.gettempdir(), "recsys_tf_bench_client" + ("_quick" if quick else ""))
     ds, config = prepare(models_dir, quick, say)
 
-    from recsys_tf.serving.client import Recommender
+    from recsys_tf.client.recommender import Recommender
 
     fs = ds.feature_set
     tables = os.path.join(models_dir, args.retrieval, "1", "assets.extra")

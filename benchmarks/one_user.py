@@ -46,7 +46,7 @@ def request_bytes(model, arrays, signature):
     """Serialized size of the Predict request carrying ``arrays``."""
     from tensorflow_serving.apis import predict_pb2
 
-    from recsys_tf.serving import codec
+    from recsys_tf.wire import codec
 
     request = predict_pb2.PredictRequest()
     request.model_spec.name, request.model_spec.signature_name = model, signature

@@ -297,7 +297,7 @@ def bench_served(corpus, model, ds, chosen, k, n_single, workdir):
 
     from recsys_tf import export, scann_index as si
     from recsys_tf.backend import tf
-    from recsys_tf.serving.grpc_client import ServingClient
+    from recsys_tf.client.grpc_client import ServingClient
 
     ids = np.arange(len(corpus), dtype=np.int64)
     spec = model.query_signature()

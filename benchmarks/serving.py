@@ -9,7 +9,7 @@ small-request case server-side batching is meant for. The ways:
 * ``in_process``: ``tf.saved_model.load(path).signatures["serving_default"]`` called from
   Python threads of the benchmark process, which only loads the SavedModels (training runs
   in a subprocess): numpy in, ``tf.constant``, call, ``.numpy()`` out;
-* ``server``: gRPC ``Predict`` to the bundled server (``python -m recsys_tf.serving.server``
+* ``server``: gRPC ``Predict`` to the bundled server (``python -m recsys_tf.server.server``
   in a subprocess on 127.0.0.1), each client thread with its own channel, the request built
   once, the response decoded every time;
 * ``server_batching_5ms``, ``server_batching_20ms``: the same against servers started with
@@ -273,7 +273,7 @@ def grpc_caller(target, model, arrays):
     import grpc
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-    from recsys_tf.serving import codec
+    from recsys_tf.wire import codec
 
     request = predict_pb2.PredictRequest()
     request.model_spec.name = model
@@ -296,10 +296,10 @@ def grpc_caller(target, model, arrays):
 
 # --------------------------------------------------------------------------- the server
 class ServerProcess:
-    """``python -m recsys_tf.serving.server`` on 127.0.0.1, port chosen by the OS."""
+    """``python -m recsys_tf.server.server`` on 127.0.0.1, port chosen by the OS."""
 
     def __init__(self, root, extra_args=(), cpus=None):
-        cmd = [sys.executable, "-m", "recsys_tf.serving.server", "--model_base_path", root,
+        cmd = [sys.executable, "-m", "recsys_tf.server.server", "--model_base_path", root,
                "--host", "127.0.0.1", "--port", "0", "--file_system_poll_wait_seconds", "0",
                *extra_args]
         env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -754,7 +754,7 @@ def main(argv=None):
                    "in_process": "the benchmark process (training ran in a subprocess): "
                                  "tf.saved_model.load + signature call per request, numpy "
                                  "in and out",
-                   "server": "python -m recsys_tf.serving.server (subprocess), default threads",
+                   "server": "python -m recsys_tf.server.server (subprocess), default threads",
                    "noop_models": "same inputs and outputs as each ranker's serving_default, "
                                   "zeros out, nothing computed; served by a server of their own",
                    "client": "one gRPC channel per client thread, request built once, response "

@@ -1,5 +1,5 @@
 """Array validation helpers shared by :mod:`recsys_tf.metrics` and
-:mod:`recsys_tf.serving.rerank`.
+:mod:`recsys_tf.client.rerank`.
 
 Numpy only: this module must import neither TensorFlow nor any model code, because the
 serving side (``recsys_tf.serving``) imports it. Each helper raises ``ValueError`` naming

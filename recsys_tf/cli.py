@@ -171,8 +171,8 @@ def cmd_export(args):
 
 # -- serve ---------------------------------------------------------------------------------
 def cmd_serve(args):
-    """The bundled TF Serving-compatible server; flags in ``recsys_tf/serving/flags.py``."""
-    from recsys_tf.serving.server import run_server
+    """The bundled TF Serving-compatible server; flags in ``recsys_tf/server/flags.py``."""
+    from recsys_tf.server.server import run_server
 
     return run_server(args, default_model_base_path="saved_models", say=_say)
 
@@ -235,7 +235,7 @@ def print_result(result, out=None):
 def cmd_recommend(args):
     import logging
 
-    from recsys_tf.serving.client import Recommender, Rules
+    from recsys_tf.client.recommender import Recommender, Rules
 
     if args.debug:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr,
@@ -266,8 +266,8 @@ def cmd_recommend(args):
 def cmd_demo(args):
     from recsys_tf import data
     from recsys_tf.pipeline import train
-    from recsys_tf.serving.client import Recommender
-    from recsys_tf.serving.server import ModelServer
+    from recsys_tf.client.recommender import Recommender
+    from recsys_tf.server.server import ModelServer
 
     t0 = time.perf_counter()
     _say("[1/5] generating the synthetic data set")
@@ -378,7 +378,7 @@ def build_parser():
                    help="base path as the server sees it, e.g. /models inside a container")
     s.set_defaults(fn=cmd_export)
 
-    from recsys_tf.serving.flags import add_server_arguments
+    from recsys_tf.server.flags import add_server_arguments
 
     s = sub.add_parser(
         "serve", help="run the bundled TF Serving-compatible server (gRPC, REST, metrics)",

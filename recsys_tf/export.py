@@ -31,11 +31,19 @@ import shutil
 import numpy as np
 
 from recsys_tf.backend import tf
+from recsys_tf.wire.contract import (
+    ASSETS_EXTRA,
+    DEFAULT_SIGNATURE,
+    ITEM_EMBEDDINGS_FILE,
+    ITEMS_FILE,
+    MODEL_CARD_FILE,
+    ONE_USER_SIGNATURE,
+    QUERY_SIGNATURE,
+    USERS_FILE,
+    WARMUP_FILE,
+)
 
-RANKER_SIGNATURE = "serving_default"
-ONE_USER_SIGNATURE = "one_user"
-RETRIEVAL_SIGNATURE = "serving_default"
-QUERY_SIGNATURE = "query_embedding"
+RANKER_SIGNATURE = RETRIEVAL_SIGNATURE = DEFAULT_SIGNATURE
 
 
 def versions(export_root, name):
@@ -84,7 +92,7 @@ def _jsonable(x):
 
 
 def write_model_card(path, card):
-    extra = os.path.join(path, "assets.extra")
+    extra = os.path.join(path, ASSETS_EXTRA)
     os.makedirs(extra, exist_ok=True)
     card = dict(card)
     card.setdefault("created", datetime.datetime.now(datetime.timezone.utc).isoformat())
@@ -93,16 +101,16 @@ def write_model_card(path, card):
     from recsys_tf import __version__
 
     card.setdefault("recsys_tf", __version__)
-    with open(os.path.join(extra, "model_card.json"), "w") as f:
+    with open(os.path.join(extra, MODEL_CARD_FILE), "w") as f:
         json.dump(_jsonable(card), f, indent=2)
 
 
 def read_model_card(path):
-    with open(os.path.join(path, "assets.extra", "model_card.json")) as f:
+    with open(os.path.join(path, ASSETS_EXTRA, MODEL_CARD_FILE)) as f:
         return json.load(f)
 
 
-def write_warmup(path, model_name, inputs, signature="serving_default", n=3, batch_sizes=()):
+def write_warmup(path, model_name, inputs, signature=DEFAULT_SIGNATURE, n=3, batch_sizes=()):
     """``assets.extra/tf_serving_warmup_requests``: PredictionLog records TF Serving replays
     at load time (and the bundled server does too): ``n`` one-row requests, then one request
     of each of ``batch_sizes`` rows (the sample rows repeated). A model's first run at a batch
@@ -115,9 +123,9 @@ def write_warmup(path, model_name, inputs, signature="serving_default", n=3, bat
     if any(b < 1 for b in sizes):
         raise ValueError(f"warmup batch sizes must be positive, got {list(batch_sizes)}")
     arrays = {k: np.asarray(v) for k, v in inputs.items()}
-    extra = os.path.join(path, "assets.extra")
+    extra = os.path.join(path, ASSETS_EXTRA)
     os.makedirs(extra, exist_ok=True)
-    with tf.io.TFRecordWriter(os.path.join(extra, "tf_serving_warmup_requests")) as w:
+    with tf.io.TFRecordWriter(os.path.join(extra, WARMUP_FILE)) as w:
         for rows in [np.array([i]) for i in range(n)] + [np.arange(b) for b in sizes]:
             req = predict_pb2.PredictRequest(
                 model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature))
@@ -453,14 +461,14 @@ def export_retrieval(model, ds, export_root, name="two_tower", card=None, versio
 
 def _retrieval_extras(model, ds, path, name, version, fns, emb, ids, card, max_k=None):
     fs = ds.feature_set
-    extra = os.path.join(path, "assets.extra")
+    extra = os.path.join(path, ASSETS_EXTRA)
     os.makedirs(extra, exist_ok=True)
     items = ds.items.copy()
     counts = ds.retrieval_train[fs.item_id].value_counts()
     items["popularity"] = items[fs.item_id].map(counts).fillna(0).astype(np.int64)
-    items.to_json(os.path.join(extra, "items.jsonl"), orient="records", lines=True)
-    ds.users.to_json(os.path.join(extra, "users.jsonl"), orient="records", lines=True)
-    np.save(os.path.join(extra, "item_embeddings.npy"), np.asarray(emb, np.float32))
+    items.to_json(os.path.join(extra, ITEMS_FILE), orient="records", lines=True)
+    ds.users.to_json(os.path.join(extra, USERS_FILE), orient="records", lines=True)
+    np.save(os.path.join(extra, ITEM_EMBEDDINGS_FILE), np.asarray(emb, np.float32))
     full = {"name": name, "version": version, "kind": "retrieval", "index": "brute_force",
             "model": type(model).__name__, "n_items": int(len(ids)),
             "config": {k: v for k, v in model.get_config().items() if k != "feature_set"},

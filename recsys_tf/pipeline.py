@@ -107,8 +107,9 @@ def evaluate_saved_model(model_dir, ds, batch_size=4096):
 
     from recsys_tf import metrics
     from recsys_tf.backend import tf
+    from recsys_tf.wire.contract import DEFAULT_SIGNATURE
 
-    fn = tf.saved_model.load(model_dir).signatures["serving_default"]
+    fn = tf.saved_model.load(model_dir).signatures[DEFAULT_SIGNATURE]
     names = list(fn.structured_input_signature[1])
     x = ds.feature_set.arrays(ds.test, names)
     probs = []

@@ -48,7 +48,7 @@ def trained(tiny_synthetic, tmp_path_factory):
 @pytest.fixture(scope="session")
 def server(trained):
     """The bundled server on an ephemeral 127.0.0.1 port, serving the session's exports."""
-    from recsys_tf.serving.server import ModelServer
+    from recsys_tf.server.server import ModelServer
 
     srv = ModelServer(model_base_path=trained["root"], host="127.0.0.1", port=0)
     port = srv.start()

@@ -133,7 +133,7 @@ def test_bundled_server_serves_the_scann_export(trained, server, tiny_synthetic)
     """The session's exports (conftest) include two_tower_scann; the server loads it."""
     import grpc
 
-    from recsys_tf.serving.grpc_client import ServingClient
+    from recsys_tf.client.grpc_client import ServingClient
 
     metrics, model = trained["two_tower"]
     path = metrics["scann_export_path"]

@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2, types_pb2
 
-from recsys_tf.serving import codec
+from recsys_tf.wire import codec
 
 ARRAYS = {
     "float32": np.array([[1.5, -2.25, 3.0], [0.0, 1e-7, -1e30]], dtype=np.float32),

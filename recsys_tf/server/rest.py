@@ -48,8 +48,9 @@ from tensorflow_serving.apis import (
     model_pb2,
 )
 
-from recsys_tf.serving import codec
-from recsys_tf.serving.errors import ServingError, invalid
+from recsys_tf.wire import codec
+from recsys_tf.wire.contract import DEFAULT_SIGNATURE, METADATA_SIGNATURE_DEF
+from recsys_tf.wire.errors import ServingError, invalid
 
 log = logging.getLogger(__name__)
 
@@ -444,14 +445,14 @@ class RestServer:
 
     def _metadata(self, spec) -> dict:
         request = get_model_metadata_pb2.GetModelMetadataRequest(model_spec=spec,
-                                                                 metadata_field=["signature_def"])
+                                                                 metadata_field=[METADATA_SIGNATURE_DEF])
         response = self.model_server.get_model_metadata(request)
         sig_map = get_model_metadata_pb2.SignatureDefMap()
-        response.metadata["signature_def"].Unpack(sig_map)
+        response.metadata[METADATA_SIGNATURE_DEF].Unpack(sig_map)
         options = dict(always_print_fields_with_no_presence=True,
                        preserving_proto_field_name=True)
         return {"model_spec": json_format.MessageToDict(response.model_spec, **options),
-                "metadata": {"signature_def": json_format.MessageToDict(sig_map, **options)}}
+                "metadata": {METADATA_SIGNATURE_DEF: json_format.MessageToDict(sig_map, **options)}}
 
     def _predict(self, spec, body: Optional[bytes]) -> dict:
         if not body:
@@ -473,7 +474,7 @@ class RestServer:
                           "key must be a string value.")
         server = self.model_server
         ver = server.resolve(spec)
-        name = signature or "serving_default"
+        name = signature or DEFAULT_SIGNATURE
         if name not in ver.signature_defs or name not in ver.functions:
             raise invalid(f"Serving signature name: \"{name}\" not found in signature def")
         sig, _ = server.signature_of(ver, name)

@@ -14,7 +14,7 @@ Pipeline for one user::
       -> item features hydrated from the exported item table (ItemStore)     [stage "hydrate"]
       -> one batched Predict on the ranker -> click probabilities            [stage "ranking"]
          (its ``one_user`` signature when it has one: the user's features sent once)
-      -> re-rank (recsys_tf.serving.rerank): calibrate, blend, boosts,       [stage "rerank"]
+      -> re-rank (recsys_tf.client.rerank): calibrate, blend, boosts,       [stage "rerank"]
          freshness, exclusions, per-category caps, MMR diversity, exploration
       -> top k, each with its scores and the reasons for its place
 
@@ -61,15 +61,15 @@ from concurrent import futures
 import grpc
 import numpy as np
 
-from recsys_tf.serving import rerank
-from recsys_tf.serving.client_calls import (  # noqa: F401  (re-exported)
+from recsys_tf.client import rerank
+from recsys_tf.client.calls import (  # noqa: F401  (re-exported)
     _CHANNELS,
     _Cached,
     _Call,
     _Channels,
     _ServedModels,
 )
-from recsys_tf.serving.client_requests import (  # noqa: F401  (re-exported)
+from recsys_tf.client.requests import (  # noqa: F401  (re-exported)
     _FAILURES,
     DeadlineExceeded,
     RequestError,
@@ -85,7 +85,7 @@ from recsys_tf.serving.client_requests import (  # noqa: F401  (re-exported)
     _summary,
     _to_bytes,
 )
-from recsys_tf.serving.client_rules import (  # noqa: F401  (re-exported)
+from recsys_tf.client.rules import (  # noqa: F401  (re-exported)
     Boost,
     Recommendation,
     Result,
@@ -94,7 +94,7 @@ from recsys_tf.serving.client_rules import (  # noqa: F401  (re-exported)
     _plain,
     rerank_stage,
 )
-from recsys_tf.serving.client_stores import (  # noqa: F401  (re-exported)
+from recsys_tf.client.stores import (  # noqa: F401  (re-exported)
     InMemoryItemStore,
     ItemStore,
     UserStore,
@@ -102,11 +102,18 @@ from recsys_tf.serving.client_stores import (  # noqa: F401  (re-exported)
     _is_number,
     _read_jsonl,
 )
-from recsys_tf.serving.grpc_client import DEFAULT_SIGNATURE, ServingClient  # noqa: F401
+from recsys_tf.client.grpc_client import ServingClient  # noqa: F401
+from recsys_tf.wire.contract import (  # noqa: F401  (re-exported)
+    CARD_CATEGORY_FEATURE,
+    CARD_FEATURES,
+    CARD_INDEX_K,
+    DEFAULT_SIGNATURE,
+    MODEL_CARD_FILE,
+    ONE_USER_SIGNATURE,
+)
 
 # A ranker signature whose user and context inputs are one row for all candidates (written by
 # recsys_tf.export for every ranker with item features); see Recommender's ranker_signature.
-ONE_USER_SIGNATURE = "one_user"
 
 __all__ = [
     "Recommender", "Result", "Recommendation", "Rules", "Boost", "ItemStore",
@@ -177,16 +184,16 @@ class Recommender(_ServedModels):
                  max_message_mb=64, seed=None, max_retrieval_k=None):
         card = {}
         if tables is not None:
-            with open(os.path.join(tables, "model_card.json")) as f:
+            with open(os.path.join(tables, MODEL_CARD_FILE)) as f:
                 card = json.load(f)
         elif item_store is None or user_store is None:
             raise ValueError("give tables=, or both item_store= and user_store=")
-        fs = card.get("features", {})
+        fs = card.get(CARD_FEATURES, {})
         self.item_key = fs.get("item_id") or item_store.key
         self.user_key = fs.get("user_id") or user_store.key
-        self.category = card.get("category_feature")
+        self.category = card.get(CARD_CATEGORY_FEATURE)
         # a ScaNN export answers at most its index_k items per request
-        self.max_retrieval_k = max_retrieval_k or card.get("index_k")
+        self.max_retrieval_k = max_retrieval_k or card.get(CARD_INDEX_K)
         self.items = item_store or InMemoryItemStore.from_dir(tables, self.item_key)
         # the in-memory store looks a tuple of candidates up once per request; other stores
         # get the list the ItemStore interface has always passed

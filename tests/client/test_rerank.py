@@ -1,4 +1,4 @@
-"""Tests for recsys_tf.serving.rerank: hand-worked cases and reference implementations."""
+"""Tests for recsys_tf.client.rerank: hand-worked cases and reference implementations."""
 import doctest
 import math
 import subprocess
@@ -7,8 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from recsys_tf.serving import rerank
-from recsys_tf.serving.rerank import (
+from recsys_tf.client import rerank
+from recsys_tf.client.rerank import (
     blend,
     boost,
     calibrate,
@@ -51,7 +51,7 @@ def test_docstring_examples():
 
 def test_imports_nothing_heavy():
     code = (
-        "import sys, recsys_tf.serving.rerank; "
+        "import sys, recsys_tf.client.rerank; "
         "sys.exit('tensorflow' in sys.modules or 'recsys_tf.features' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

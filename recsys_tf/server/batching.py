@@ -46,7 +46,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import grpc
 import numpy as np
 
-from recsys_tf.serving.errors import ServingError
+from recsys_tf.wire.errors import ServingError
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class BatchingOptions:
 
     @classmethod
     def from_proto(cls, proto) -> "BatchingOptions":
-        """From a ``BatchingParameters`` message (``recsys_tf.serving.protos``)."""
+        """From a ``BatchingParameters`` message (``recsys_tf.wire.protos``)."""
         options = cls()
         for name in ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches",
                      "num_batch_threads"):

@@ -20,8 +20,8 @@ import numpy as np
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from recsys_tf.serving.errors import invalid, not_found
-from recsys_tf.serving.servable import (
+from recsys_tf.wire.errors import invalid, not_found
+from recsys_tf.server.loader import (
     _inside,
     _is_url,
     _join,
@@ -33,7 +33,7 @@ from recsys_tf.serving.servable import (
 )
 
 # The whole server logs under one name, whichever module a message comes from.
-log = logging.getLogger("recsys_tf.serving.server")
+log = logging.getLogger("recsys_tf.server.server")
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,254}$")
 

@@ -23,13 +23,13 @@ from google.protobuf.message import DecodeError
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, prediction_log_pb2
 
-from recsys_tf.serving.errors import CODE_BY_VALUE, ServingError
+from recsys_tf.wire.contract import ASSETS_EXTRA, DEFAULT_SIGNATURE, WARMUP_FILE
+from recsys_tf.wire.errors import CODE_BY_VALUE, ServingError
 
 # The whole server logs under one name, whichever module a message comes from.
-log = logging.getLogger("recsys_tf.serving.server")
+log = logging.getLogger("recsys_tf.server.server")
 
-DEFAULT_SIGNATURE = "serving_default"
-_WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+_WARMUP_FILE = os.path.join(ASSETS_EXTRA, WARMUP_FILE)
 _MAX_WARMUP_RECORDS = 1000  # TF Serving's limit
 
 

@@ -210,12 +210,12 @@ def deployment(tmp_path_factory):
     if EXTERNAL:
         yield TARGET, REST_TARGET, os.environ.get("RECSYS_TF_SERVING_MODEL_DIR"), None
         return
-    from recsys_tf.serving.server import ModelServer
+    from recsys_tf.server.server import ModelServer
 
     root = write_models(tmp_path_factory.mktemp("conformance"))
     batching = {}
     if os.environ.get("RECSYS_TF_SERVING_BATCHING"):  # the same suite through the batch path
-        from recsys_tf.serving.batching import BatchingOptions
+        from recsys_tf.server.batching import BatchingOptions
 
         batching = {"enable_batching": True, "batching_parameters": BatchingOptions(
             max_batch_size=100_000, batch_timeout_micros=1000, max_enqueued_batches=1000)}
@@ -384,7 +384,7 @@ def test_repeated_field_tensors_are_accepted(stubs):
 def test_packed_string_tensor_content_is_accepted(stubs):
     """TensorFlow's packed string layout in tensor_content (what the client sends for a value
     repeated on every row) answers as the same strings in string_val do."""
-    from recsys_tf.serving import codec
+    from recsys_tf.wire import codec
 
     plain = predict_request(inputs=dict(_good_arrays(), user_id=np.array(["u1"] * 3, object)))
     packed = predict_request(inputs=dict(_good_arrays()))

@@ -19,7 +19,7 @@ from google.protobuf import wrappers_pb2  # noqa: F401  (registers google/protob
 log = logging.getLogger(__name__)
 
 _F = descriptor_pb2.FieldDescriptorProto
-_FILE_NAME = "recsys_tf/serving/tf_serving_config_subset.proto"
+_FILE_NAME = "recsys_tf/wire/tf_serving_config_subset.proto"
 
 # (message, [(field, number, type, label, type_name)]) as in TF Serving's
 # session_bundle_config.proto, ssl_config.proto and monitoring_config.proto.

@@ -18,13 +18,13 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 
-from recsys_tf.serving import codec
-from recsys_tf.serving.batching import BatchExecutor, split_outputs
-from recsys_tf.serving.errors import CODE_BY_VALUE, ServingError, invalid
-from recsys_tf.serving.servable import DEFAULT_SIGNATURE, _Version
+from recsys_tf.wire import codec
+from recsys_tf.server.batching import BatchExecutor, split_outputs
+from recsys_tf.wire.errors import CODE_BY_VALUE, ServingError, invalid
+from recsys_tf.server.loader import DEFAULT_SIGNATURE, _Version
 
 # The whole server logs under one name, whichever module a message comes from.
-log = logging.getLogger("recsys_tf.serving.server")
+log = logging.getLogger("recsys_tf.server.server")
 
 
 _ALL_ROWS = 2 ** 31 - 1  # a slice end past every batch: all rows

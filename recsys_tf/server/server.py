@@ -9,7 +9,7 @@ codes, so a client written against TF Serving works unchanged against it:
   answer UNIMPLEMENTED;
 * gRPC ``tensorflow.serving.ModelService``: ``GetModelStatus`` and
   ``HandleReloadConfigRequest``;
-* the REST API on ``rest_api_port`` (``recsys_tf.serving.rest``): ``/v1/models/NAME[/versions/N
+* the REST API on ``rest_api_port`` (``recsys_tf.server.rest``): ``/v1/models/NAME[/versions/N
   |/labels/L]`` status and ``/metadata``, ``:predict`` with ``instances`` or ``inputs``, and
   Prometheus metrics on ``/monitoring/prometheus/metrics``.
 
@@ -65,38 +65,38 @@ from typing import Dict, List, Optional, Tuple
 import grpc
 import tensorflow as tf
 
-from recsys_tf.serving import protos
-from recsys_tf.serving.batching import BatchingOptions, BatchScheduler
-from recsys_tf.serving.errors import ServingError
-from recsys_tf.serving.flags import (  # noqa: F401  (re-exported)
+from recsys_tf.wire import protos
+from recsys_tf.server.batching import BatchingOptions, BatchScheduler
+from recsys_tf.wire.errors import ServingError
+from recsys_tf.server.flags import (  # noqa: F401  (re-exported)
     DEFAULT_MAX_MESSAGE_BYTES,
     PROMETHEUS_PATH,
     add_server_arguments,
 )
-from recsys_tf.serving.metrics import Metrics
-from recsys_tf.serving.registry import (  # noqa: F401  (check_model_name: re-exported)
+from recsys_tf.server.metrics import Metrics
+from recsys_tf.server.registry import (  # noqa: F401  (check_model_name: re-exported)
     ModelRegistry,
     _Model,
     _Policy,
     check_model_name,
 )
-from recsys_tf.serving.servable import (  # noqa: F401  (DEFAULT_SIGNATURE: re-exported)
+from recsys_tf.server.loader import (  # noqa: F401  (DEFAULT_SIGNATURE: re-exported)
     DEFAULT_SIGNATURE,
     VersionLoader,
     _parent,
 )
-from recsys_tf.serving.services import (  # noqa: F401  (METADATA_SIGNATURE_DEF: re-exported)
+from recsys_tf.server.services import (  # noqa: F401  (METADATA_SIGNATURE_DEF: re-exported)
     METADATA_SIGNATURE_DEF,
     ServiceHandlers,
     _handlers,
 )
-from recsys_tf.serving.signatures import SignatureRunner
+from recsys_tf.server.runner import SignatureRunner
 
 __all__ = ["ModelServer", "ServingError", "build_parser", "add_server_arguments",
            "server_from_args", "main"]
 
 # The whole server logs under one name, whichever module a message comes from.
-log = logging.getLogger("recsys_tf.serving.server")
+log = logging.getLogger("recsys_tf.server.server")
 
 _INT32_MAX = 2**31 - 1
 
@@ -350,7 +350,7 @@ class ModelServer(ModelRegistry, VersionLoader, SignatureRunner, ServiceHandlers
         if not bound:
             raise OSError(f"cannot listen on {address}")
         if self.rest_api_port is not None:
-            from recsys_tf.serving.rest import RestServer
+            from recsys_tf.server.rest import RestServer
 
             try:
                 self._rest = RestServer(self, self.host, int(self.rest_api_port))
@@ -500,7 +500,7 @@ def run_server(args, default_model_base_path: Optional[str] = None, say=None) ->
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m recsys_tf.serving.server",
+        prog="python -m recsys_tf.server.server",
         description="TF Serving-compatible model server (gRPC PredictionService/ModelService, "
         "REST API, Prometheus metrics).")
     add_server_arguments(parser)
@@ -508,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    """``python -m recsys_tf.serving.server --model_base_path saved_models --port 8500``."""
+    """``python -m recsys_tf.server.server --model_base_path saved_models --port 8500``."""
     args = build_parser().parse_args(argv)
     return run_server(args)
 

@@ -23,15 +23,15 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from recsys_tf.serving.errors import ServingError, invalid, not_found
+from recsys_tf.wire.contract import METADATA_SIGNATURE_DEF
+from recsys_tf.wire.errors import ServingError, invalid, not_found
 
 if TYPE_CHECKING:
-    from recsys_tf.serving.server import ModelServer
+    from recsys_tf.server.server import ModelServer
 
 # The whole server logs under one name, whichever module a message comes from.
-log = logging.getLogger("recsys_tf.serving.server")
+log = logging.getLogger("recsys_tf.server.server")
 
-METADATA_SIGNATURE_DEF = "signature_def"
 
 _STATE = get_model_status_pb2.ModelVersionStatus.State
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from recsys_tf.serving import rerank
+from recsys_tf.client import rerank
 
 __all__ = ["Boost", "Rules", "Recommendation", "Result", "rerank_stage"]
 

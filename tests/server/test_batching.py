@@ -7,9 +7,9 @@ import grpc
 import numpy as np
 import pytest
 
-from recsys_tf.serving import protos
-from recsys_tf.serving.batching import BatchingOptions, BatchScheduler
-from recsys_tf.serving.errors import ServingError
+from recsys_tf.wire import protos
+from recsys_tf.server.batching import BatchingOptions, BatchScheduler
+from recsys_tf.wire.errors import ServingError
 
 
 def _double(calls, delay=0.0, gate=None):
@@ -224,8 +224,8 @@ def test_batching_through_the_server(tmp_path):
     scalar-input signatures still served."""
     import tensorflow as tf
 
-    from recsys_tf.serving.grpc_client import ServingClient
-    from recsys_tf.serving.server import ModelServer
+    from recsys_tf.client.grpc_client import ServingClient
+    from recsys_tf.server.server import ModelServer
 
     class M(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
@@ -280,7 +280,7 @@ def test_batching_through_the_server(tmp_path):
 
 
 def test_batching_parameters_need_enable_batching(tmp_path):
-    from recsys_tf.serving.server import ModelServer
+    from recsys_tf.server.server import ModelServer
 
     with pytest.raises(ValueError, match="enable_batching"):
         ModelServer(model_base_path=str(tmp_path), batching_parameters=BatchingOptions())
@@ -293,7 +293,7 @@ def test_batch_functions_parse_every_bucket_and_the_loop_alike(tmp_path):
     import tensorflow as tf
     from tensorflow.core.protobuf import saved_model_pb2
 
-    from recsys_tf.serving.signatures import _ALL_ROWS, _FastSignature
+    from recsys_tf.server.runner import _ALL_ROWS, _FastSignature
 
     class M(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.float32, name="x"),
@@ -338,7 +338,7 @@ def test_warm_batches_runs_the_model_at_each_batch_size():
     from tensorflow.core.framework import types_pb2
     from tensorflow.core.protobuf import meta_graph_pb2
 
-    from recsys_tf.serving.signatures import _FastSignature
+    from recsys_tf.server.runner import _FastSignature
 
     seen = []  # batch sizes the model ran at, recorded as it runs
     stop = threading.Event()
@@ -388,7 +388,7 @@ def test_stopping_a_batching_server_ends_its_warming_threads(tmp_path):
     one runs TensorFlow aborts)."""
     import tensorflow as tf
 
-    from recsys_tf.serving.server import ModelServer
+    from recsys_tf.server.server import ModelServer
 
     class M(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
@@ -411,7 +411,7 @@ def test_flat_call_matches_the_structured_call_and_falls_back():
     call (captured variables included), and the plain call where ``_call_flat`` is missing."""
     import tensorflow as tf
 
-    from recsys_tf.serving.signatures import _flat_call
+    from recsys_tf.server.runner import _flat_call
 
     scale = tf.Variable(3.0)
 

@@ -1,7 +1,7 @@
 """A thin, thread-safe gRPC client for TensorFlow Serving's PredictionService/ModelService.
 
-It speaks to real TF Serving and to ``recsys_tf.serving.server.ModelServer`` alike. It keeps
-one long-lived channel, converts numpy arrays with ``recsys_tf.serving.codec``, and lets
+It speaks to real TF Serving and to ``recsys_tf.server.server.ModelServer`` alike. It keeps
+one long-lived channel, converts numpy arrays with ``recsys_tf.wire.codec``, and lets
 ``grpc.RpcError`` through untouched so callers decide what to retry from ``err.code()``.
 """
 from __future__ import annotations
@@ -20,11 +20,11 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from recsys_tf.serving import codec
+from recsys_tf.wire import codec
+from recsys_tf.wire.contract import DEFAULT_SIGNATURE, METADATA_SIGNATURE_DEF
 
 __all__ = ["ServingClient"]
 
-DEFAULT_SIGNATURE = "serving_default"
 
 
 def _describe(tensor_infos) -> Dict[str, dict]:
@@ -141,10 +141,10 @@ class ServingClient:
         """
         request = get_model_metadata_pb2.GetModelMetadataRequest()
         self._spec(request.model_spec, model, version, label)
-        request.metadata_field.append("signature_def")
+        request.metadata_field.append(METADATA_SIGNATURE_DEF)
         response = self._predict_stub.GetModelMetadata(request, timeout=self._deadline(timeout))
         sig_map = get_model_metadata_pb2.SignatureDefMap()
-        response.metadata["signature_def"].Unpack(sig_map)
+        response.metadata[METADATA_SIGNATURE_DEF].Unpack(sig_map)
         out = {}
         for name, sig in sig_map.signature_def.items():
             out[name] = {"inputs": _describe(sig.inputs), "outputs": _describe(sig.outputs),

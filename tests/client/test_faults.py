@@ -18,9 +18,9 @@ import pytest
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from recsys_tf.cli import main
-from recsys_tf.serving.client import Recommender
-from recsys_tf.serving.grpc_client import ServingClient
-from recsys_tf.serving.server import ModelServer
+from recsys_tf.client.recommender import Recommender
+from recsys_tf.client.grpc_client import ServingClient
+from recsys_tf.server.server import ModelServer
 
 SLACK_S = 0.5  # scheduling slack on a shared 2-core machine when checking a deadline held
 # deadlines of the tests below: long enough for the real calls on a loaded 2-core machine, far
@@ -168,7 +168,7 @@ def test_bundled_batching_server_runs_one_user_requests_unbatched(trained, table
                                                                    server):
     """Where TF Serving's batching refuses one_user requests, the bundled server runs them
     unbatched (a documented difference): the same answer as without batching."""
-    from recsys_tf.serving.batching import BatchingOptions
+    from recsys_tf.server.batching import BatchingOptions
 
     u, ctx = user
     with Recommender(server, tables) as rec:

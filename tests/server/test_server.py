@@ -22,9 +22,9 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from recsys_tf.serving import codec
-from recsys_tf.serving.grpc_client import ServingClient
-from recsys_tf.serving.server import ModelServer
+from recsys_tf.wire import codec
+from recsys_tf.client.grpc_client import ServingClient
+from recsys_tf.server.server import ModelServer
 
 
 # --------------------------------------------------------------------------- models
@@ -555,7 +555,7 @@ def test_hot_swap_reload_poll_and_config_reload(model_root, tmp_path, caplog):
             # a new version appears: reload() swaps it in and lets the old one go
             shutil.copytree(model_root / "toy" / "1", base / "3")
             _write_warmup(base / "3")
-            with caplog.at_level(logging.INFO, logger="recsys_tf.serving.server"):
+            with caplog.at_level(logging.INFO, logger="recsys_tf.server.server"):
                 assert srv.reload() == {"toy": [3]}
             assert any("version 3" in r.message and "1 warmup" in r.message
                        for r in caplog.records)
@@ -640,7 +640,7 @@ def test_scann_saved_model_served_from_a_fresh_process(tmp_path):
                         options=tf.saved_model.SaveOptions(namespace_whitelist=["Scann"]))
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "recsys_tf.serving.server", "--model_base_path", str(tmp_path),
+        [sys.executable, "-m", "recsys_tf.server.server", "--model_base_path", str(tmp_path),
          "--host", "127.0.0.1", "--port", "0"],
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     try:
@@ -873,8 +873,8 @@ def test_deployment_bundle_parses_as_tf_serving_reads_it():
     from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2
 
-    from recsys_tf.serving import protos
-    from recsys_tf.serving.batching import BatchingOptions
+    from recsys_tf.wire import protos
+    from recsys_tf.server.batching import BatchingOptions
 
     folder = os.path.join(os.path.dirname(__file__), "..", "..", "serving")
     names = {}

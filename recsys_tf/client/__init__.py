@@ -1,0 +1,24 @@
+"""The client: retrieve -> rank -> re-rank over TF Serving's gRPC API.
+
+It imports nothing of :mod:`recsys_tf.server` and no model code; it works the same against
+TF Serving and against the bundled server. ``from recsys_tf.client import Recommender``.
+The parts: ``recommender`` (the pipeline), ``calls`` (deadlines, retries, served models),
+``requests`` (inputs checked against a signature), ``stores`` (item and user tables),
+``rules`` (business rules, the re-rank stage), ``grpc_client`` (one model's Predict and
+metadata) and ``rerank`` (pure numpy: importing it alone loads no TensorFlow).
+"""
+import importlib
+
+_PUBLIC = {
+    "Recommender": "recommender", "Result": "rules",
+    "Recommendation": "rules", "Rules": "rules", "Boost": "rules", "ItemStore": "stores",
+    "InMemoryItemStore": "stores", "UserStore": "stores", "RequestError": "requests",
+    "DeadlineExceeded": "requests", "ServingClient": "grpc_client",
+}
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name):  # the public names load their module on first use (rerank stays light)
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(f"recsys_tf.client.{_PUBLIC[name]}"), name)
+    raise AttributeError(f"module 'recsys_tf.client' has no attribute {name!r}")
