@@ -35,20 +35,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import re
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 
-import recsys_tf  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from common import (  # first: it puts the checkout on the path
+    RESULTS, load_average, machine_info, percentiles, pyplot, save_figure, start_server,
+    write_results)
 
-import numpy as np
+import recsys_tf  # noqa: F401,E402  (TF_USE_LEGACY_KERAS before TensorFlow)
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-RESULTS = os.path.join(HERE, "results")
+import numpy as np  # noqa: E402
+
 STAGES = ("retrieval", "hydrate", "ranking", "rerank")
 TARGETS = {"e2e_p50_ms": 10.0, "e2e_p99_ms": 25.0, "overhead_p50_ms": 1.0}
 
@@ -98,24 +97,6 @@ def prepare(models_dir, quick, say):
 
 
 # ------------------------------------------------------------------------------ serving
-def start_server(models_dir, say):
-    """The bundled server in its own process, on an ephemeral 127.0.0.1 port."""
-    proc = subprocess.Popen([sys.executable, "-m", "recsys_tf.cli", "serve", "--model-base-path",
-                             models_dir, "--host", "127.0.0.1", "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    deadline = time.monotonic() + 300
-    for line in proc.stdout:
-        m = re.search(r"serving (?:gRPC )?on (\S+?:\d+)", line)
-        if m:
-            say(f"server pid {proc.pid} on {m.group(1)}")
-            threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
-            return proc, m.group(1)
-        if time.monotonic() > deadline:
-            break
-    proc.kill()
-    raise RuntimeError("the server did not start")
-
-
 class LocalModels:
     """The ``ServingClient`` calls the Recommender makes, answered in-process by the
     SavedModels' signatures: the same pipeline without gRPC and without the codec."""
@@ -328,10 +309,6 @@ def signature_comparison(target, local, tables, rankers, retrieval, requests, kw
     return out
 
 
-def _pct(values, q):
-    return float(np.percentile(values, q)) if len(values) else float("nan")
-
-
 def summarise(records, seconds):
     out = {"requests": len(records), "throughput_rps": len(records) / seconds,
            "degraded": sum(1 for r in records if r["degraded"])}
@@ -343,8 +320,7 @@ def summarise(records, seconds):
                              + r["hydrate"] + r["rerank"] + r.get("user", 0))
         keys.append("overhead")
     for k in keys:
-        vals = [r[k] for r in records if k in r]
-        out[f"{k}_p50_ms"], out[f"{k}_p99_ms"] = _pct(vals, 50), _pct(vals, 99)
+        out.update(percentiles([r[k] for r in records if k in r], prefix=f"{k}_"))
     return out
 
 
@@ -393,8 +369,10 @@ def main(argv=None):
     concurrency = [int(c) for c in args.concurrency.split(",")]
     rankers = args.rankers.split(",")
 
-    load_before = os.getloadavg()
-    server, target = start_server(models_dir, say)
+    machine = machine_info()
+    server = start_server(models_dir)   # `recsys-tf serve`, as in production
+    target = server.target
+    say(f"server pid {server.pid} on {target}")
     local = LocalModels(models_dir)
     results = []
     try:
@@ -451,30 +429,22 @@ def main(argv=None):
         probe = cache_probe(args.pause_ms or 4.0)
         say(f"cache probe: {probe}")
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        server.stop()
 
     report = {
         "benchmark": "client", "pipeline": "retrieve 500 -> rank 500 -> MMR (lambda 0.3, item "
         "embeddings) to the top 10", "retrieval": args.retrieval, "kwargs": kwargs,
         "quick": quick,
         "models": config, "requests_per_cell": n_req, "rounds": args.rounds,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform(),
-                    "load_average_1_5_15min": {"before": [round(x, 2) for x in load_before],
-                                               "after": [round(x, 2) for x in os.getloadavg()]},
+        "machine": {**machine, "load_average_after": load_average(), "grpcio": _grpc_version(),
                     "cache_probe": probe},
-        "versions": _versions(), "targets": TARGETS, "results": results,
+        "targets": TARGETS, "results": results,
         "ratios": _ratios(results), "checks": _checks(results), "signature_ab": signature_ab,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(report, f, indent=2)
-    png = os.path.splitext(args.out)[0] + ".png"
-    plot(results, png)
+    out, png = write_results(report, args.out, lambda r, path: plot(r["results"], path))
     say(table(results))
     say(json.dumps(report["checks"], indent=2))
-    say(f"wrote {args.out} and {png}")
+    say(f"wrote {out} and {png}")
     return 0
 
 
@@ -510,13 +480,10 @@ def cache_probe(pause_ms=4.0, repeats=300):
     return out
 
 
-def _versions():
+def _grpc_version():
     import grpc
 
-    from recsys_tf.backend import tf
-
-    return {"tensorflow": tf.__version__, "grpcio": grpc.__version__,
-            "numpy": np.__version__, "recsys_tf": recsys_tf.__version__}
+    return grpc.__version__
 
 
 def _ratios(results):
@@ -577,11 +544,7 @@ def table(results):
 
 
 def plot(results, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rankers = sorted({r["ranker"] for r in results})
     conc = sorted({r["concurrency"] for r in results if r["mode"] != "replayed"})
     fig, axes = plt.subplots(1, len(rankers) + 1, figsize=(5 * (len(rankers) + 1), 4.2))
@@ -617,8 +580,7 @@ def plot(results, path):
     ax.set_ylabel("client overhead p50 (ms), concurrency 1")
     ax.set_title("client overhead p50: pipeline vs replayed answers")
     ax.legend(fontsize=7, ncol=3, loc="upper center")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -54,10 +54,10 @@ Setting up DeepCTR's environment (once)::
 
 Usage::
 
-    python benchmarks/dien.py --deepctr-python /tmp/deepctr212/bin/python   # 10-12 min, 2 cores
-    python benchmarks/dien.py --quick --deepctr-python /tmp/deepctr212/bin/python   # ~5 min
+    python benchmarks/dien.py --deepctr-python /tmp/deepctr212/bin/python
+    python benchmarks/dien.py --quick --deepctr-python /tmp/deepctr212/bin/python
 
-``--sweep`` runs the validation sweep instead (about 45 min): DIN and DIEN variants on
+``--sweep`` runs the validation sweep instead: DIN and DIEN variants on
 ``amazon-beauty`` (attention normalisation, auxiliary loss, GRU size, learning rate), three
 epochs each, validation and test AUC / GAUC after every epoch, one seed; it writes
 ``benchmarks/results/dien.sweep.json``.
@@ -75,7 +75,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -89,6 +88,8 @@ sys.path.insert(0, ROOT)
 import numpy as np  # noqa: E402
 
 import recsys_tf  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
+from common import (  # noqa: E402
+    load_average, machine_info, pyplot, save_figure, write_results)
 
 VARIANTS = ("dien", "dien_no_aux", "din", "deepfm")
 LABELS = {"dien": "DIEN (AUGRU + aux loss)", "dien_no_aux": "DIEN without aux loss",
@@ -182,7 +183,7 @@ def train_one(variant, ds, epochs, seed):
 
     keras.utils.set_random_seed(seed)
     model = build(variant, ds.feature_set)
-    load_before = os.getloadavg()[0]
+    load_before = load_average()[0]
     cpu = time.process_time()
     fit = training.train_ranker(model, ds, epochs=epochs, batch_size=BATCH,
                                 learning_rate=LEARNING_RATE, verbose=0, seed=seed,
@@ -196,7 +197,7 @@ def train_one(variant, ds, epochs, seed):
             "train_cpu_seconds": round(cpu, 2),
             "train_examples_per_sec": round(fit["train_examples_per_sec"], 1),
             "train_examples_per_cpu_sec": round(rows / max(cpu, 1e-9), 1),
-            "loadavg_1min_before": round(load_before, 2),
+            "loadavg_1min_before": load_before,
             "config": {k: v for k, v in model.get_config().items() if k != "feature_set"}}
 
 
@@ -295,13 +296,13 @@ def run_deepctr(python, npz, workdir, epochs=1, seed=0):
            "--att-units", DEEPCTR_ARCH["att_units"],
            "--att-activation", DEEPCTR_ARCH["att_activation"],
            "--dnn-units", DEEPCTR_ARCH["dnn_units"]]
-    load_before = os.getloadavg()[0]
+    load_before = load_average()[0]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"DeepCTR runner failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     with open(out) as f:
         result = json.load(f)
-    result["loadavg_1min_before"] = round(load_before, 2)
+    result["loadavg_1min_before"] = load_before
     result["train_examples_per_cpu_sec"] = (result["n_train"] * result["epochs"]
                                             / max(result["train_cpu_seconds"], 1e-9))
     return result, np.load(pred)
@@ -451,11 +452,7 @@ def table(results):
 
 
 def plot(results, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     names = list(results["datasets"])
     has_tp = bool(results.get("throughput"))
     fig, axes = plt.subplots(1, len(names) + has_tp, figsize=(5.2 * (len(names) + has_tp), 4.2))
@@ -502,9 +499,7 @@ def plot(results, path):
         ax.set_title(f"training, amazon-beauty, 1 epoch\nwall {s['speedup_wall']:.2f}x, "
                      f"CPU {s['speedup_cpu']:.2f}x")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None):
@@ -517,18 +512,13 @@ def main(argv=None):
         return 0
     if args.sweep:
         out = args.out or os.path.join(HERE, "results", "dien.sweep.json")
-        result = sweep(args, epochs=args.epochs)
-        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        with open(out, "w") as f:
-            json.dump(result, f, indent=2)
+        out, _ = write_results(sweep(args, epochs=args.epochs), out)
         print(f"wrote {out}")
         return 0
     args.out = args.out or os.path.join(HERE, "results", "dien.json")
     seeds = args.seeds or ([0] if args.quick else [0, 1])
     pairs = args.pairs or (1 if args.quick else 3)
     started = time.perf_counter()
-    from recsys_tf.backend import tf
-
     results = {
         "benchmark": "dien", "quick": args.quick, "epochs": args.epochs, "seeds": seeds,
         "settings": {"embedding_dim": DIM, "batch_size": BATCH,
@@ -539,12 +529,10 @@ def main(argv=None):
                                 "DIEN's batches sorted by history length in windows of 20 "
                                 "batches, each cut after its longest history)",
                      "variants": {v: LABELS[v] for v in args.variants}},
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
-                    "python": platform.python_version(), "tensorflow": tf.__version__,
-                    "shared": "the machine is shared with other engineers' jobs: wall-clock "
-                              "figures move with their load (1-minute load averages are "
-                              "recorded next to each run); examples per CPU-second move "
-                              "less; compare only figures from one run"},
+        "machine": machine_info(
+            shared="the machine is shared with other work: wall-clock figures move with "
+                   "its load (1-minute load averages are recorded next to each run); "
+                   "examples per CPU-second move less; compare only figures from one run"),
         "datasets": {}}
     for name in args.datasets:
         ds, options, seconds = load(name, args)
@@ -572,11 +560,7 @@ def main(argv=None):
         print("note: the DeepCTR comparison runs on amazon-beauty, which was not selected")
     results["total_seconds"] = round(time.perf_counter() - started, 1)
     results["table_markdown"] = table(results)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=2, default=float)
-    plot_path = args.plot or os.path.splitext(args.out)[0] + ".png"
-    plot(results, plot_path)
+    args.out, plot_path = write_results(results, args.out, plot, args.plot)
     print(results["table_markdown"])
     print(f"wrote {args.out} and {plot_path} ({results['total_seconds']:.0f} s)")
     return 0

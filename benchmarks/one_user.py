@@ -15,7 +15,7 @@ with a history of median length in the test rows; the answers are checked equal 
 recorded: the size of the Predict request a client sends for each (TensorProtos from the
 project's codec, as the client builds them). Latency is the p50 / p99 over all calls.
 
-    python benchmarks/one_user.py                     # 5 rankers, about 3 min on 2 cores
+    python benchmarks/one_user.py                     # 5 rankers
     python benchmarks/one_user.py --models deepfm dien --candidates 100
 
 Writes ``benchmarks/results/one_user.json`` and ``benchmarks/results/one_user.png``.
@@ -23,9 +23,7 @@ Writes ``benchmarks/results/one_user.json`` and ``benchmarks/results/one_user.pn
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -37,7 +35,9 @@ sys.path.insert(0, HERE)
 
 import numpy as np  # noqa: E402
 
-from serving import _dataset, _load_average, build_models  # noqa: E402
+from common import (  # noqa: E402
+    load_average, machine_info, percentiles, pyplot, save_figure, write_results)
+from serving import build_models  # noqa: E402
 
 MODELS = ("deepfm", "wide_deep", "xdeepfm", "dcn_v2", "dien")
 
@@ -94,11 +94,7 @@ def measure(fn, arrays, calls):
 
 
 def plot(rows, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     models = [r["model"] for r in rows]
     x = np.arange(len(models))
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 3.6))
@@ -119,8 +115,7 @@ def plot(rows, path):
     bx.legend(fontsize=8)
     for a in (ax, bx):
         a.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
 
 
 def main(argv=None):
@@ -136,7 +131,7 @@ def main(argv=None):
 
     import tensorflow as tf
 
-    load_before = _load_average()
+    machine = machine_info()
     root = tempfile.mkdtemp(prefix="recsys_tf_one_user_")
     print(f"training {', '.join(args.models)} (one epoch each) into {root}", flush=True)
     ds, info = build_models(root, args.models)
@@ -160,9 +155,7 @@ def main(argv=None):
         row = {"model": name, "candidates": args.candidates, "history_length": length,
                "max_abs_difference": float(np.max(np.abs(got - want)))}
         for way, arrays in (("serving_default", full), ("one_user", once)):
-            lat = np.asarray(times[way])
-            row[way] = {"p50_ms": round(float(np.percentile(lat, 50)), 3),
-                        "p99_ms": round(float(np.percentile(lat, 99)), 3), "calls": len(lat),
+            row[way] = {**percentiles(times[way], digits=3), "calls": len(times[way]),
                         "request_kb": round(request_bytes(name, arrays, way) / 1024, 1)}
         row["p50_ratio"] = round(row["one_user"]["p50_ms"] / row["serving_default"]["p50_ms"], 3)
         rows.append(row)
@@ -172,18 +165,11 @@ def main(argv=None):
               f"  ratio {row['p50_ratio']:.2f}", flush=True)
     report = {"benchmark": "one_user", "candidates": args.candidates, "rounds": args.rounds,
               "calls_per_round": args.calls, "training": info,
-              "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                          "platform": platform.platform(),
-                          "load_average_1_5_15min": {"before": load_before,
-                                                     "after": _load_average()}},
-              "versions": {"tensorflow": tf.__version__}, "results": rows}
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(report, f, indent=2)
-    png = os.path.splitext(args.out)[0] + ".png"
-    if rows:
-        plot(rows, png)
-    print(f"wrote {args.out} and {png}")
+              "machine": {**machine, "load_average_after": load_average()},
+              "results": rows}
+    out, png = write_results(report, args.out,
+                             (lambda result, path: plot(result["results"], path)) if rows else None)
+    print(f"wrote {out}" + (f" and {png}" if png else ""))
 
 
 if __name__ == "__main__":

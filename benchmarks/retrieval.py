@@ -24,8 +24,8 @@ the synthetic test interactions (real queries, not generated ones).
 
 Usage::
 
-    python benchmarks/retrieval.py            # 1M items, about 5 min on 2 cores
-    python benchmarks/retrieval.py --quick    # 100k items, no served part, about 1 min
+    python benchmarks/retrieval.py            # 1M items
+    python benchmarks/retrieval.py --quick    # 100k items, no served part
 
 ``index_memory_mb`` is the index's own size (the float matrix for brute force; ScaNN's
 serialised assets: tree, AH codes, codebooks, the float copy kept for reordering);
@@ -41,15 +41,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+from common import (
+    HERE, load_average, machine_info, percentiles, pyplot, save_figure, start_server,
+    write_results)
 
 
 def _limit_threads(n):
@@ -71,11 +69,8 @@ def _rss_mb():
 
 
 def _percentiles(times_s):
-    import numpy as np
-
-    ms = np.asarray(times_s) * 1e3
-    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
-            "mean_ms": float(ms.mean()), "n": int(len(ms))}
+    ms = [t * 1e3 for t in times_s]
+    return {**percentiles(ms), "mean_ms": sum(ms) / len(ms), "n": len(ms)}
 
 
 def _time_single(fn, queries, n, warmup=3, budget_s=4.0, min_n=100):
@@ -284,12 +279,6 @@ def bench_scann(corpus, q_tune, q_eval, exact_eval, k, target, n_single, num_lea
 
 
 # ---------------------------------------------------------------------------- served
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def bench_served(corpus, model, ds, chosen, k, n_single, workdir):
     """Export both flavours over the corpus, serve them with the bundled server (a
     subprocess), time single Predict requests of real query features."""
@@ -316,27 +305,13 @@ def bench_served(corpus, model, ds, chosen, k, n_single, workdir):
     out["scann_export_seconds"] = round(time.perf_counter() - t, 1)
     del sc, searcher
 
-    port = _free_port()
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.Popen([sys.executable, "-m", "recsys_tf.cli", "serve", "--model-base-path",
-                             root, "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        client = ServingClient(f"127.0.0.1:{port}", timeout=30)
+    with start_server(root, timeout=240) as server:
+        client = ServingClient(server.target, timeout=30)
         names = list(spec)
         rows = ds.retrieval_test.head(200)
         x = ds.feature_set.arrays(rows, names)
-        start = time.time()
-        for name in ("two_tower", "two_tower_scann"):
-            while True:
-                try:
-                    client.predict(name, {**{n: v[:1] for n, v in x.items()},
-                                          "k": np.int32(k)})
-                    break
-                except Exception:
-                    if time.time() - start > 240 or proc.poll() is not None:
-                        raise RuntimeError(f"server did not serve {name} in time")
-                    time.sleep(1.0)
+        for name in ("two_tower", "two_tower_scann"):     # first calls, untimed
+            client.predict(name, {**{n: v[:1] for n, v in x.items()}, "k": np.int32(k)})
         q_rows = [{n: v[i:i + 1] for n, v in x.items()} for i in range(len(rows))]
         got = {}
         for name in ("two_tower", "two_tower_scann"):
@@ -355,19 +330,12 @@ def bench_served(corpus, model, ds, chosen, k, n_single, workdir):
         out["speedup_p50"] = out["two_tower"]["p50_ms"] / out["two_tower_scann"]["p50_ms"]
         out["note"] = ("bundled gRPC server in a subprocess on the same 2 cores; latency "
                        "includes the query tower, TensorProto encoding and gRPC")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
     return out
 
 
 # ---------------------------------------------------------------------------- plot
 def plot(result, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rows = result["rows"]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     sc = [r for r in rows if r["family"] == "scann"]
@@ -393,8 +361,7 @@ def plot(result, path):
     fig.suptitle(f"{result['corpus']['n_items']:,} items x {result['corpus']['dim']}-d, "
                  f"{result['machine']['cores_used']} cores ({result['machine']['note']})",
                  fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------- main
@@ -414,7 +381,6 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     _limit_threads(args.cores)
-    sys.path.insert(0, ROOT)
     import recsys_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS)
     import numpy as np
 
@@ -424,7 +390,10 @@ def main(argv=None):
     tf.config.threading.set_intra_op_parallelism_threads(args.cores)
     tf.config.threading.set_inter_op_parallelism_threads(args.cores)
     si.require_scann()
-    load_start = [round(x, 2) for x in os.getloadavg()]
+    machine = machine_info(
+        cores_used=args.cores,
+        note="shared machine: other jobs may run concurrently; every figure here comes from "
+             "this one run, so ratios are side by side, but absolute times are noisy")
     n = args.n_items or (100_000 if args.quick else 1_000_000)
     n_single_bf = 50 if args.quick else 200
     n_single_ann = 500 if args.quick else 1000
@@ -484,13 +453,7 @@ def main(argv=None):
                     "single_query_timings_scann": n_single_ann,
                     "batched_brute_force_batch": 512, "batched_scann_batch": int(len(q_eval))},
         "exact_ground_truth_seconds": round(exact_s, 2),
-        "machine": {"cores_used": args.cores, "cpu_count": os.cpu_count(),
-                    "python": platform.python_version(), "tensorflow": tf.__version__,
-                    "load_average_at_start_1_5_15min": load_start,
-                    "load_average_at_end_1_5_15min": [round(x, 2) for x in os.getloadavg()],
-                    "note": "shared machine: other jobs may run concurrently; every figure "
-                            "here comes from this one run, so ratios are side by side, but "
-                            "absolute times are noisy"},
+        "machine": machine,
         "scann_tuning": tuning, "rows": rows, "summary": summary,
     }
     if not (args.quick or args.no_served):
@@ -502,10 +465,8 @@ def main(argv=None):
             except Exception as e:  # the core figures above stand on their own
                 result["served"] = {"error": f"{type(e).__name__}: {e}"}
     result["total_seconds"] = round(time.perf_counter() - t0, 1)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
-    plot(result, args.plot or os.path.splitext(args.out)[0] + ".png")
+    result["machine"]["load_average_after"] = load_average()
+    write_results(result, args.out, plot, args.plot)
 
     print(f"\n{'method':<58} {'recall@10':>9} {'p50 ms':>8} {'p99 ms':>8} {'batch q/s':>10} "
           f"{'x bf p50':>8} {'build s':>8} {'mem MB':>7}")

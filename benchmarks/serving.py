@@ -9,9 +9,9 @@ small-request case server-side batching is meant for. The ways:
 * ``in_process``: ``tf.saved_model.load(path).signatures["serving_default"]`` called from
   Python threads of the benchmark process, which only loads the SavedModels (training runs
   in a subprocess): numpy in, ``tf.constant``, call, ``.numpy()`` out;
-* ``server``: gRPC ``Predict`` to the bundled server (``python -m recsys_tf.server.server``
-  in a subprocess on 127.0.0.1), each client thread with its own channel, the request built
-  once, the response decoded every time;
+* ``server``: gRPC ``Predict`` to the bundled server (``recsys-tf serve`` in a subprocess on
+  127.0.0.1, started by ``common.start_server``), each client thread with its own channel,
+  the request built once, the response decoded every time;
 * ``server_batching_5ms``, ``server_batching_20ms``: the same against servers started with
   ``--enable_batching``, one per ``--batch-timeout-micros`` (parameters written to the result,
   with the requests merged per batch on average);
@@ -60,7 +60,7 @@ say what the server does with its cores, the in-process ways what the model does
 
 Usage::
 
-    python benchmarks/serving.py                   # 5 rankers x 10/100 rows, ~16 min, 2 cores
+    python benchmarks/serving.py                   # 5 rankers x 10/100 rows
     python benchmarks/serving.py --quick           # DeepFM only, one repeat
     python benchmarks/serving.py --models deepfm dcn_v2 --rows 20 --seconds 2
     python benchmarks/serving.py --pin 0:1         # servers on core 0, clients on core 1
@@ -74,7 +74,6 @@ import argparse
 import itertools
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -87,6 +86,9 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
 import recsys_tf  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from common import (  # noqa: E402
+    load_average, machine_info, percentiles, pyplot, save_figure, start_server, stop_servers,
+    write_results)
 
 RANKERS = ("deepfm", "wide_deep", "xdeepfm", "dcn_v2", "dien")
 CONCURRENCY = (1, 4, 16)
@@ -136,13 +138,6 @@ def process_cpu_seconds(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _load_average():
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
 
 
 # --------------------------------------------------------------------------- models
@@ -239,8 +234,7 @@ def summarize(latencies, errors, wall, rows):
     lat = np.asarray(latencies) if latencies else np.asarray([np.nan])
     n = len(latencies)
     return {"requests": n, "errors": len(errors), "error_examples": errors[:3],
-            "wall_s": round(wall, 3), "p50_ms": round(float(np.percentile(lat, 50)), 3),
-            "p99_ms": round(float(np.percentile(lat, 99)), 3),
+            "wall_s": round(wall, 3), **percentiles(lat, digits=3),
             "mean_ms": round(float(lat.mean()), 3), "qps": round(n / wall, 1),
             "rows_per_s": round(n * rows / wall, 1)}
 
@@ -294,68 +288,9 @@ def grpc_caller(target, model, arrays):
     return make, channels
 
 
-# --------------------------------------------------------------------------- the server
-class ServerProcess:
-    """``python -m recsys_tf.server.server`` on 127.0.0.1, port chosen by the OS."""
-
-    def __init__(self, root, extra_args=(), cpus=None):
-        cmd = [sys.executable, "-m", "recsys_tf.server.server", "--model_base_path", root,
-               "--host", "127.0.0.1", "--port", "0", "--file_system_poll_wait_seconds", "0",
-               *extra_args]
-        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        pin = None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
-        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                     text=True, env=env, cwd=ROOT, preexec_fn=pin)
-        self.lines = []
-        self.port = None
-        deadline = time.time() + 300
-        while self.port is None and time.time() < deadline:
-            line = self.proc.stderr.readline()
-            if not line:
-                break
-            self.lines.append(line)
-            found = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
-            if found:
-                self.port = int(found.group(1))
-        if self.port is None:
-            self.stop()
-            raise RuntimeError("the server did not start:\n" + "".join(self.lines[-30:]))
-        self._drain = threading.Thread(target=self._read, daemon=True)
-        self._drain.start()
-
-    def _read(self):
-        for line in self.proc.stderr:
-            self.lines.append(line)
-
-    def wait_for_lines(self, pattern, count, timeout=600):
-        """Wait until ``count`` lines of the server's log match ``pattern``; False on timeout."""
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if sum(1 for line in list(self.lines) if re.search(pattern, line)) >= count:
-                return True
-            time.sleep(0.25)
-        return False
-
-    @property
-    def target(self):
-        return f"127.0.0.1:{self.port}"
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-
-
 # --------------------------------------------------------------------------- plot
 def plot(results, path, row_sizes, layout=""):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     models = list(dict.fromkeys(r["model"] for r in results))
     modes = list(dict.fromkeys(r["mode"] for r in results))
     palette = iter(["tab:orange", "tab:red", "tab:green", "tab:purple", "tab:brown"])
@@ -381,7 +316,7 @@ def plot(results, path, row_sizes, layout=""):
                                label=f"{mode} p99")
             qps_ax[j].set_title(f"{model}, {rows} rows/request", fontsize=9)
             qps_ax[j].set_ylabel("requests/s (log)")
-            qps_ax[j].set_yscale("log")  # the perfect batcher is 10x the rest at 10 rows
+            qps_ax[j].set_yscale("log")  # the perfect batcher is far above the rest
             lat_ax[j].set_ylabel("latency ms")
             lat_ax[j].set_yscale("log")
             for ax in (qps_ax[j], lat_ax[j]):
@@ -394,20 +329,14 @@ def plot(results, path, row_sizes, layout=""):
         lat_ax[0].legend(fontsize=6)
     fig.suptitle("Predict: in-process vs bundled server (gRPC, loopback), with and without "
                  f"server-side batching{'; ' + layout if layout else ''}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 def plot_cpu(results, path, layout=""):
     """CPU a request at the highest concurrency, per model and request size: the server
     process and the clients' process stacked, for each gRPC way - the bar that must shrink
     for more QPS on shared cores (one panel per request size, linear scales)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     c_hi = max(r["concurrency"] for r in results)
     cells = [r for r in results if r["concurrency"] == c_hi and "server_cpu_ms_per_request" in r]
     if not cells:
@@ -437,9 +366,7 @@ def plot_cpu(results, path, layout=""):
     axes[0][-1].legend(fontsize=7, ncol=2, loc="upper left")
     fig.suptitle("CPU a request costs: server process (solid) + clients (light)"
                  + (f"; {layout}" if layout else ""), fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 # --------------------------------------------------------------------------- stages
@@ -497,12 +424,12 @@ def _measure_cell(args, modes, timeouts, servers, rest_ports, name, rows, c, fn,
             def snapshot(mode=mode, server=server):  # after the warm-up calls, which run alone
                 if mode in timeouts:
                     before.extend(_batch_totals(rest_ports[mode]))
-                cpu_before[:] = [process_cpu_seconds(server.proc.pid) if server else 0.0,
+                cpu_before[:] = [process_cpu_seconds(server.pid) if server else 0.0,
                                  time.process_time()]
 
             cells[mode].append(run_cell(make, threads, args.seconds, args.max_requests,
                                         on_start=snapshot))
-            cpu[mode][0] += (process_cpu_seconds(server.proc.pid) if server else 0.0) - \
+            cpu[mode][0] += (process_cpu_seconds(server.pid) if server else 0.0) - \
                 cpu_before[0]
             cpu[mode][1] += time.process_time() - cpu_before[1]
             if mode in timeouts:
@@ -562,14 +489,6 @@ def _stacked(arrays, copies):
     return {k: np.concatenate([v] * copies) for k, v in arrays.items()}
 
 
-def _free_port():
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _batch_totals(rest_port):
     """(batches, requests) the batching server has run, from its Prometheus metrics."""
     import urllib.request
@@ -598,9 +517,8 @@ def main(argv=None):
     parser.add_argument("--max-requests", type=int, default=2000,
                         help="per cell and repeat (default 2000)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY))
-    # One batching server per timeout. On 2 cores, 16 clients' requests reach the queue about
-    # a millisecond apart: at 16 clients 5 ms gathered 7-14 of them, 20 ms all 16 (a batch of
-    # max_batch_size = 16 requests runs as soon as it is full, whatever the timeout).
+    # One batching server per timeout (what each gathers: benchmarks/README.md); a batch of
+    # max_batch_size requests runs as soon as it is full, whatever the timeout.
     parser.add_argument("--batch-timeout-micros", type=int, nargs="+", default=[5000, 20000],
                         help="batching servers' batch_timeout_micros, one server each "
                              "(default 5000 20000)")
@@ -620,11 +538,10 @@ def main(argv=None):
     server_cpus, client_cpus = args.pin or (None, None)
     if args.quick:
         args.models, args.repeats = ["deepfm"], 1
-    import numpy as np
     import tensorflow as tf
 
     started = time.time()
-    load_before = _load_average()
+    machine = machine_info()
     results = []
     timeouts = {_batching_mode(t): t for t in args.batch_timeout_micros}
     modes = ("in_process", "server", NOOP, *timeouts)
@@ -659,10 +576,11 @@ def main(argv=None):
                     "batch_timeout_micros": args.batch_timeout_micros,
                     "max_enqueued_batches": 1000, "num_batch_threads": args.num_batch_threads}
         export_noop_models(fns, noop_root)
-        servers = {"server": ServerProcess(root, cpus=server_cpus),
-                   NOOP: ServerProcess(noop_root, cpus=server_cpus)}
-        rest_ports = {}
+        no_polling = ("--file_system_poll_wait_seconds", "0")
+        servers, rest_ports = {}, {}
         try:
+            servers["server"] = start_server(root, args=no_polling, cpus=server_cpus)
+            servers[NOOP] = start_server(noop_root, args=no_polling, cpus=server_cpus)
             for rows in args.rows:
                 print(f"{rows} rows a request: starting {len(timeouts)} batching server(s), "
                       f"max_batch_size {batching['max_batch_size'][rows]}", flush=True)
@@ -672,14 +590,14 @@ def main(argv=None):
                         f.write("".join(f"{k} {{ value: {v} }}\n" for k, v in dict(
                             batching, max_batch_size=batching["max_batch_size"][rows],
                             batch_timeout_micros=timeout).items()))
-                    rest_ports[mode] = _free_port()
-                    servers[mode] = ServerProcess(root, (
-                        "--enable_batching", "--batching_parameters_file", params,
-                        "--rest_api_port", str(rest_ports[mode])), cpus=server_cpus)
+                    servers[mode] = start_server(root, args=(
+                        *no_polling, "--enable_batching", "--batching_parameters_file", params),
+                        cpus=server_cpus, rest_api_port=0)
+                    rest_ports[mode] = servers[mode].rest_port
                 t0 = time.perf_counter()
                 for mode in timeouts:  # measured once every model's batch functions are made
-                    if not servers[mode].wait_for_lines(r"batch functions (warmed|not warmed)",
-                                                        len(args.models), timeout=300):
+                    if not servers[mode].wait_for_log(r"batch functions (warmed|not warmed)",
+                                                      len(args.models), timeout=300):
                         print(f"  {mode}: not every model logged its batch functions warmed "
                               "within 300 s; measuring anyway", flush=True)
                 print(f"  batch functions warmed in {time.perf_counter() - t0:.1f} s",
@@ -690,11 +608,9 @@ def main(argv=None):
                         results.extend(_measure_cell(args, cell_modes, timeouts, servers,
                                                      rest_ports, name, rows, c, fns[name],
                                                      arrays[name, rows]))
-                for mode in timeouts:
-                    servers.pop(mode).stop()
+                stop_servers(*(servers.pop(mode) for mode in timeouts))
         finally:
-            for server in servers.values():
-                server.stop()
+            stop_servers(*servers.values())
 
     summary = {}
     c_lo, c_hi = min(args.concurrency), max(args.concurrency)
@@ -754,26 +670,24 @@ def main(argv=None):
                    "in_process": "the benchmark process (training ran in a subprocess): "
                                  "tf.saved_model.load + signature call per request, numpy "
                                  "in and out",
-                   "server": "python -m recsys_tf.server.server (subprocess), default threads",
+                   "server": "recsys-tf serve (subprocess), default threads, no polling",
                    "noop_models": "same inputs and outputs as each ranker's serving_default, "
                                   "zeros out, nothing computed; served by a server of their own",
                    "client": "one gRPC channel per client thread, request built once, response "
                              "decoded per call"},
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "python": platform.python_version(), "tensorflow": tf.__version__,
-                    "numpy": np.__version__, "load_average_before": load_before,
-                    "load_average_after": _load_average()},
+        "machine": {**machine, "load_average_after": load_average()},
         "models": info, "skipped_models": skipped, "summary": summary, "results": results,
         "seconds": round(time.time() - started, 1),
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(out, f, indent=2)
     layout = (f"servers on CPU {','.join(map(str, sorted(server_cpus)))}, clients on "
               f"{','.join(map(str, sorted(client_cpus)))}" if args.pin else
               f"servers and clients sharing {os.cpu_count()} CPUs")
-    plot(results, os.path.splitext(args.out)[0] + ".png", args.rows, layout)
-    plot_cpu(results, os.path.splitext(args.out)[0] + "_cpu.png", layout)
+
+    def plots(result, png):
+        plot(result["results"], png, args.rows, layout)
+        plot_cpu(result["results"], os.path.splitext(png)[0] + "_cpu.png", layout)
+
+    write_results(out, args.out, plots)
     print(json.dumps(summary, indent=2))
     print(f"wrote {args.out} ({out['seconds']} s)")
     return 0
