@@ -65,9 +65,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
-import platform
 import statistics
 import sys
 import threading
@@ -82,6 +80,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 import recsys_tf  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from common import machine_info, write_results  # noqa: E402
 from recsys_tf import data, metrics, models, training  # noqa: E402
 from recsys_tf.backend import keras, tf  # noqa: E402
 from recsys_tf.features import Numeric, Sequence  # noqa: E402
@@ -494,17 +493,8 @@ def environment():
 
     from recsys_tf.layers.mlp import cpu_has_fast_bfloat16
 
-    cpu = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
-    except OSError:
-        pass
-    return {"python": platform.python_version(), "tensorflow": tf.__version__,
-            "tf_keras": keras.__version__, "deepctr": deepctr.__version__,
-            "numpy": np.__version__, "cpu": cpu, "cpu_count": os.cpu_count(),
-            "cpu_has_fast_bfloat16": cpu_has_fast_bfloat16(),
-            "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None}
+    return machine_info(tf_keras=keras.__version__, deepctr=deepctr.__version__,
+                        cpu_has_fast_bfloat16=cpu_has_fast_bfloat16())
 
 
 def main(argv=None):
@@ -560,9 +550,7 @@ def main(argv=None):
         "seconds": round(time.perf_counter() - t0, 1),
     }
     out["table_markdown"] = table(results)
-    with open(args.out, "w") as f:
-        json.dump(out, f, indent=2, default=float)
-    plot(results, plot_path)
+    write_results(out, args.out, lambda result, path: plot(result["results"], path), plot_path)
     log(out["table_markdown"])
     log(f"wrote {args.out} and {plot_path} in {out['seconds']:.0f} s")
     return 0
