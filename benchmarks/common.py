@@ -148,7 +148,8 @@ def machine_info(**extra) -> dict:
             "load_average_1_5_15min": load_average(), **_memory_gb(),
             "platform": platform.platform(), "python": platform.python_version(),
             "tensorflow": _version("tensorflow"), "numpy": _version("numpy"),
-            "recsys_tf": _version("recsys_tf") or _version("recsys-tf"),
+            "recsys_tf": getattr(sys.modules.get("recsys_tf"), "__version__", None)
+            or _version("recsys_tf"),
             "git_commit": git_commit()}
     info.update(extra)
     return info
