@@ -1,17 +1,19 @@
 """benchmarks/common.py: the server the benchmarks start answers and stops, the percentiles
 are the right ones, results land on disk."""
+import importlib.util
 import json
 import math
 import os
-import sys
 
 import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-
-import common  # noqa: E402
+# loaded by path, so that benchmarks/ (serving.py, client.py, ...) is not put on sys.path
+_spec = importlib.util.spec_from_file_location("benchmarks_common",
+                                               os.path.join(ROOT, "benchmarks", "common.py"))
+common = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(common)
 
 
 @pytest.fixture(scope="module")
