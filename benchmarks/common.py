@@ -25,7 +25,8 @@ Example::
 
     with start_server("/tmp/saved_models") as server:   # a subprocess; in_process=True too
         lat = [...]  # ms per request against server.target
-    write_results({"machine": machine_info(), **percentiles(lat)}, "serving_quick", plot=None)
+    write_results({"machine": machine_info(), **percentiles(lat)}, "/tmp/example.json")
+    # a bare name, e.g. "serving", writes benchmarks/results/serving.json
 
 The scripts import it as ``common`` (``python benchmarks/NAME.py`` puts ``benchmarks/`` on
 the path first); importing it puts the checkout's root on the path too, so the scripts and
