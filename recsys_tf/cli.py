@@ -268,7 +268,7 @@ def print_result(result, out=None):
 def cmd_recommend(args):
     import logging
 
-    from recsys_tf.client.recommender import Recommender, Rules
+    from recsys_tf.client.recommender import ClientOptions, Recommender, Rules
 
     if args.debug:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr,
@@ -280,10 +280,13 @@ def cmd_recommend(args):
                   freshness_half_life=args.freshness_half_life,
                   freshness_strength=args.freshness_strength)
     with Recommender(args.target, tables, retrieval_model=args.retrieval_model,
-                     ranker=args.ranker or None, ranker_version=args.ranker_version,
-                     ranker_label=args.ranker_label, ranker_target=args.ranker_target,
-                     timeout=args.timeout, max_attempts=args.attempts, rules=rules,
-                     ranker_signature=args.ranker_signature, debug=args.debug) as rec:
+                     ranker=args.ranker or None, timeout=args.timeout, rules=rules,
+                     options=ClientOptions(ranker_version=args.ranker_version,
+                                           ranker_label=args.ranker_label,
+                                           ranker_target=args.ranker_target,
+                                           max_attempts=args.attempts,
+                                           ranker_signature=args.ranker_signature,
+                                           debug=args.debug)) as rec:
         result = rec.recommend(args.user_id, k=args.k, context=context,
                                n_candidates=args.candidates, diversity=args.diversity,
                                blend_weight=args.blend_weight, explore=args.explore,
