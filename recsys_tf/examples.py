@@ -27,36 +27,29 @@ from typing import Dict, List, Mapping, Optional, Sequence as Seq
 
 import numpy as np
 
-from recsys_tf.features import Categorical, FeatureSet, Numeric, Sequence
+from recsys_tf.features import Categorical, FeatureSet, Numeric
 
 __all__ = ["feature_spec", "parse_examples", "to_examples"]
 
 
-def _base_dtype(feature_set: FeatureSet, name: str) -> str:
-    return feature_set.categorical_of(name).dtype
-
-
-def _pad(dtype: str):
+def _pad(dtype):
+    """The padding value of ids of a ``tf.DType``: "" for strings, 0 for integers."""
     return "" if dtype == "string" else 0
 
 
 def feature_spec(feature_set: FeatureSet, names: Optional[Seq[str]] = None) -> dict:
-    """``tf.io.parse_example`` features for ``names`` (default: all of the FeatureSet):
-    ``FixedLenFeature([])`` for categoricals and numerics (with the defaults above) and
-    ``VarLenFeature`` for sequences."""
+    """``tf.io.parse_example`` features for ``names`` (default: all of the FeatureSet), of
+    the dtypes of :meth:`FeatureSet.input_signature`: ``FixedLenFeature([])`` for
+    categoricals and numerics (with the defaults above), ``VarLenFeature`` for sequences."""
     from recsys_tf.backend import tf
 
-    names = feature_set.names if names is None else list(names)
     spec = {}
-    for name in names:
-        f = feature_set[name]
-        if isinstance(f, Numeric):
-            spec[name] = tf.io.FixedLenFeature([], tf.float32, default_value=float("nan"))
-        elif isinstance(f, Categorical):
-            spec[name] = tf.io.FixedLenFeature([], tf.as_dtype(f.dtype),
-                                               default_value=_pad(f.dtype))
+    for name, tensor in feature_set.input_signature(names).items():
+        if tensor.shape.rank == 2:                                   # a sequence
+            spec[name] = tf.io.VarLenFeature(tensor.dtype)
         else:
-            spec[name] = tf.io.VarLenFeature(tf.as_dtype(_base_dtype(feature_set, name)))
+            default = float("nan") if tensor.dtype.is_floating else _pad(tensor.dtype)
+            spec[name] = tf.io.FixedLenFeature([], tensor.dtype, default_value=default)
     return spec
 
 
@@ -84,15 +77,9 @@ def parse_examples(feature_set: FeatureSet, names: Seq[str], serialized) -> Dict
 
     names = list(names)
     parsed = tf.io.parse_example(serialized, feature_spec(feature_set, names))
-    out = {}
-    for name in names:
-        f = feature_set[name]
-        if isinstance(f, Sequence):
-            out[name] = _fit_sequence(parsed[name], f.max_len,
-                                      _pad(_base_dtype(feature_set, name)))
-        else:
-            out[name] = parsed[name]
-    return out
+    return {name: _fit_sequence(value, feature_set[name].max_len, _pad(value.dtype))
+            if isinstance(value, tf.sparse.SparseTensor) else value
+            for name, value in parsed.items()}
 
 
 def _feature(example, name: str, dtype: str, values) -> None:
@@ -134,6 +121,6 @@ def to_examples(feature_set: FeatureSet, frame_or_arrays, names: Optional[Seq[st
             elif isinstance(f, Categorical):
                 _feature(example, name, f.dtype, [value])
             else:
-                _feature(example, name, _base_dtype(feature_set, name), list(value))
+                _feature(example, name, feature_set.categorical_of(name).dtype, list(value))
         out.append(example.SerializeToString())
     return out

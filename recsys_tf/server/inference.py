@@ -131,22 +131,32 @@ def _find_signature(version, name: str, missing: str):
 
 
 # --------------------------------------------------------------------------- classification
-def _classification_keys(sig, check_method: bool) -> Tuple[str, List[str]]:
-    """(input key, output keys) of a classification signature (PreProcessClassification)."""
-    if check_method and sig.method_name != CLASSIFY_METHOD:
-        raise invalid(f"Expected classification signature method_name to be "
-                      f"{CLASSIFY_METHOD}. Was: {sig.method_name}")
+def _examples_input(sig, check_method: bool, method: str, what: str) -> None:
+    """The checks Classify and Regress share: the method name (when checked), one input."""
+    if check_method and sig.method_name != method:
+        raise invalid(f"Expected {what} signature method_name to be {method}. "
+                      f"Was: {sig.method_name}")
     if len(sig.inputs) != 1:
         raise invalid("Expected one input Tensor.")
+
+
+def _input_key(sig, what: str) -> str:
+    if EXAMPLES_INPUT not in sig.inputs:
+        raise invalid(f"No {what} inputs found in SignatureDef: {sig}")
+    return EXAMPLES_INPUT
+
+
+def _classification_keys(sig, check_method: bool) -> Tuple[str, List[str]]:
+    """(input key, output keys) of a classification signature (PreProcessClassification)."""
+    _examples_input(sig, check_method, CLASSIFY_METHOD, "classification")
     if len(sig.outputs) not in (1, 2):
         raise invalid(f"Expected one or two output Tensors, found {len(sig.outputs)}")
-    if EXAMPLES_INPUT not in sig.inputs:
-        raise invalid(f"No classification inputs found in SignatureDef: {sig}")
+    input_key = _input_key(sig, "classification")
     keys = [k for k in (CLASSES_OUTPUT, CLASS_SCORES_OUTPUT) if k in sig.outputs]
     if not keys:
         raise invalid(f"Expected classification signature outputs to contain at least one of "
                       f"\"{CLASSES_OUTPUT}\" or \"{CLASS_SCORES_OUTPUT}\". Signature was: {sig}")
-    return EXAMPLES_INPUT, keys
+    return input_key, keys
 
 
 def _check_classification_output(array: np.ndarray, what: str, is_type, type_name: str,
@@ -195,18 +205,13 @@ def _classification_result(num_examples: int, outputs: Dict[str, np.ndarray], re
 # --------------------------------------------------------------------------- regression
 def _regression_keys(sig, check_method: bool) -> Tuple[str, List[str]]:
     """(input key, output keys) of a regression signature (PreProcessRegression)."""
-    if check_method and sig.method_name != REGRESS_METHOD:
-        raise invalid(f"Expected regression signature method_name to be {REGRESS_METHOD}. "
-                      f"Was: {sig.method_name}")
-    if len(sig.inputs) != 1:
-        raise invalid("Expected one input Tensor.")
+    _examples_input(sig, check_method, REGRESS_METHOD, "regression")
     if len(sig.outputs) != 1:
         raise invalid("Expected one output Tensor.")
-    if EXAMPLES_INPUT not in sig.inputs:
-        raise invalid(f"No regression inputs found in SignatureDef: {sig}")
+    input_key = _input_key(sig, "regression")
     if REGRESSION_OUTPUT not in sig.outputs:
         raise invalid(f"No regression outputs found in SignatureDef: {sig}")
-    return EXAMPLES_INPUT, [REGRESSION_OUTPUT]
+    return input_key, [REGRESSION_OUTPUT]
 
 
 def _regression_result(num_examples: int, outputs: Dict[str, np.ndarray], result) -> None:
@@ -242,9 +247,6 @@ class InferenceService:
         self.registry = registry
         self.runner = runner
         self.method_name_check = bool(method_name_check)
-
-    def get_config(self) -> dict:
-        return {"method_name_check": self.method_name_check}
 
     def _run(self, version, signature_name: str, input_key: str, examples: np.ndarray,
              output_keys: List[str]) -> Dict[str, np.ndarray]:
@@ -378,20 +380,14 @@ def _format_error(doc, message: str) -> ServingError:
 
 
 _KIND_NAMES = {"bytes_list": "bytes", "float_list": "float", "int64_list": "int64", None: "UNKNOWN"}
-_JSON_TYPES = {type(None): "Null", dict: "Object", list: "Array", str: "String",
-               int: "Number", float: "Number"}
 
 
 def _json_type(value) -> str:
-    if value is True:
-        return "True"
-    if value is False:
-        return "False"
-    return _JSON_TYPES.get(type(value), type(value).__name__)
-
-
-def _is_b64(value) -> bool:
-    return isinstance(value, dict) and len(value) == 1 and isinstance(value.get("b64"), str)
+    """rapidjson's name of a JSON value's type (JsonTypeString)."""
+    if isinstance(value, bool):
+        return str(value)                                   # "True" / "False"
+    names = {dict: "Object", list: "Array", str: "String", type(None): "Null"}
+    return names.get(type(value), "Number")
 
 
 def _b64decode(text: str) -> bytes:
@@ -416,7 +412,7 @@ def _add_value(value, name: str, feature) -> None:
     elif isinstance(value, str):
         want("bytes_list")
         feature.bytes_list.value.append(value.encode("utf-8"))
-    elif _is_b64(value):
+    elif isinstance(value, dict) and list(value) == ["b64"] and isinstance(value["b64"], str):
         want("bytes_list")
         feature.bytes_list.value.append(_b64decode(value["b64"]))
     elif isinstance(value, int) and -2**63 <= value < 2**64:
@@ -443,20 +439,24 @@ def _example_from_json(value, example) -> None:
         example.features.feature[name].CopyFrom(feature)
 
 
+def _parse_problem(exc: Exception) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return f"Invalid encoding in string. at offset: {exc.start}"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg} at offset: {exc.pos}"
+    return "the document is nested too deeply"
+
+
 def _parse_json(body: Union[str, bytes, dict]):
+    """TF Serving's ParseJson: the body must be one JSON object."""
     if isinstance(body, dict):
         return body
     if not body:
         raise invalid("JSON Parse error: The document is empty")
     try:
         doc = json.loads(body)
-    except UnicodeDecodeError as exc:
-        raise invalid(f"JSON Parse error: Invalid encoding in string. at offset: "
-                      f"{exc.start}") from None
-    except json.JSONDecodeError as exc:
-        raise invalid(f"JSON Parse error: {exc.msg} at offset: {exc.pos}") from None
-    except RecursionError:
-        raise invalid("JSON Parse error: the document is nested too deeply") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise invalid(f"JSON Parse error: {_parse_problem(exc)}") from None
     if not isinstance(doc, dict):
         raise _format_error(doc, "Is not object")
     return doc
@@ -465,14 +465,14 @@ def _parse_json(body: Union[str, bytes, dict]):
 def _fill_model_spec(spec, model: str, version: Optional[Union[int, str]],
                      label: Optional[str]) -> None:
     """FillModelSpecWithNameVersionAndLabel: the model, version and label of the URL."""
-    spec.name = model
-    if version is not None and label is not None:
+    if None not in (version, label):
         raise invalid(f"Both model version ({version}) and model version label ({label}) "
                       "cannot be supplied.")
-    if version is not None:
-        spec.version.value = int(version)
+    spec.name = model
     if label is not None:
         spec.version_label = label
+    elif version is not None:
+        spec.version.value = int(version)
 
 
 def _request_from_json(request, body, model, version, label):

@@ -53,20 +53,20 @@ def _add_x(examples, *xs):
         examples.add().features.feature["x"].float_list.value.append(x)
 
 
-def _classify(signature="classify_x_to_y", xs=(2.0,)):
-    request = classification_pb2.ClassificationRequest()
+def _request(cls, signature, xs):
+    request = cls()
     request.model_spec.name = "default"
     request.model_spec.signature_name = signature
     _add_x(request.input.example_list.examples, *xs)
     return request
+
+
+def _classify(signature="classify_x_to_y", xs=(2.0,)):
+    return _request(classification_pb2.ClassificationRequest, signature, xs)
 
 
 def _regress(signature="regress_x_to_y", xs=(2.0,)):
-    request = regression_pb2.RegressionRequest()
-    request.model_spec.name = "default"
-    request.model_spec.signature_name = signature
-    _add_x(request.input.example_list.examples, *xs)
-    return request
+    return _request(regression_pb2.RegressionRequest, signature, xs)
 
 
 def _error(fn, request):
