@@ -28,10 +28,7 @@ Two deliberate differences from TF Serving: a request with an input without a ba
 dimension (a scalar such as a retrieval model's ``k``), or whose inputs differ in their first
 dimension (a ranker's ``one_user`` signature), runs unbatched instead of being refused; and
 when a batch fails its requests are retried one by one, so one malformed request cannot fail
-the well-formed requests it was batched with. One addition: a loading version's
-model is run once at each size in ``BatchingOptions.warm_sizes()`` (every allowed batch size,
-else the largest batch), since a model's first run at a batch size it has not run before is
-slow (TF Serving leaves that to the warmup requests a model ships).
+the well-formed requests it was batched with.
 """
 from __future__ import annotations
 
@@ -113,11 +110,6 @@ class BatchingOptions:
         if self.enable_large_batch_splitting and self.max_execution_batch_size:
             return int(self.max_execution_batch_size)
         return int(self.max_batch_size)
-
-    def warm_sizes(self) -> Tuple[int, ...]:
-        """The batch sizes (rows) batches run at that a loading version is warmed at: every
-        allowed batch size, else the largest batch (what a full queue runs)."""
-        return tuple(self.allowed_batch_sizes) or (self.execution_size,)
 
     def validate(self) -> None:
         if self.max_batch_size < 1:

@@ -10,8 +10,14 @@ Routes, bodies, answers and error texts follow TF Serving's HTTP front end:
   (row format: one entry per example, an object of named inputs or a bare value when the
   signature has one input; answered with ``{"predictions": [...]}``) or ``{"inputs": ...}``
   (columnar: an object of whole tensors; answered with ``{"outputs": ...}``). Strings may be
-  sent as ``{"b64": "..."}``; outputs whose name ends in ``_bytes`` come back that way.
-  ``:classify`` and ``:regress`` answer 501 (not implemented here);
+  sent as ``{"b64": "..."}``; outputs whose name ends in ``_bytes`` come back that way;
+* ``POST /v1/models/NAME[...]:classify`` / ``:regress`` with ``{"signature_name": ...,
+  "context": {feature: value}, "examples": [{feature: value}, ...]}``: each example (and the
+  context) becomes a ``tf.Example`` (a JSON string or ``{"b64": ...}`` a bytes feature, an
+  integer an int64 feature, any other number a float feature; a list of them a list), the
+  ``ClassificationRequest`` / ``RegressionRequest`` goes to the server's inference service,
+  and the answer is ``{"results": [[[label, score], ...], ...]}`` (classify) or
+  ``{"results": [value, ...]}`` (regress);
 * ``GET /monitoring/prometheus/metrics`` (path configurable) -- request counts and latency.
 
 Errors are ``{"error": "<message>"}`` with TF Serving's HTTP mapping of the status code:
@@ -42,10 +48,14 @@ import grpc
 import numpy as np
 from google.protobuf import json_format
 from tensorflow.core.framework import types_pb2
+from tensorflow.core.example import example_pb2, feature_pb2
 from tensorflow_serving.apis import (
+    classification_pb2,
     get_model_metadata_pb2,
     get_model_status_pb2,
+    input_pb2,
     model_pb2,
+    regression_pb2,
 )
 
 from recsys_tf.wire import codec
@@ -332,19 +342,35 @@ class _HTTPServer(ThreadingHTTPServer):
 
 
 class RestServer:
-    """The REST front end of a ``ModelServer`` (which owns it; see ``rest_api_port``)."""
+    """The REST front end (``rest_api_port``), a thread serving HTTP.
 
-    def __init__(self, model_server, host: str, port: int):
-        self.model_server = model_server
+    Args:
+      options: the ``ServerOptions`` (host, ``rest_api_port``, threads, timeout, TLS, body
+        size limit, metrics path).
+      registry: resolves model specs and names.
+      runner: runs the signatures ``:predict`` asks for.
+      prediction, model_service: the ``PredictionService`` (metadata; classify and regress go
+        to its inference service) and ``ModelService`` (status).
+      metrics: the ``Metrics`` requests are counted in and rendered from.
+    """
+
+    def __init__(self, options, registry, runner, prediction, model_service, metrics):
+        self.registry = registry
+        self.runner = runner
+        self.prediction = prediction
+        self.model_service = model_service
+        self.metrics = metrics
+        self.metrics_path = options.metrics_path
+        self.max_message_bytes = options.max_message_bytes
         context = None
-        ssl_config = getattr(model_server, "_ssl_config", None)
-        if ssl_config is not None:
-            context = _ssl_context(ssl_config)
+        if options.ssl_config is not None:
+            context = _ssl_context(options.ssl_config)
+        host = options.host
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         handler = type("Handler", (_Handler,), {"rest": self,
-                                                "timeout": model_server.rest_api_timeout})
-        self.httpd = _HTTPServer((host.strip("[]"), port), handler,
-                                 model_server.rest_api_num_threads, context, family)
+                                                "timeout": options.rest_api_timeout})
+        self.httpd = _HTTPServer((host.strip("[]"), int(options.rest_api_port or 0)), handler,
+                                 options.rest_api_num_threads, context, family)
         self._thread: Optional[threading.Thread] = None
 
     @property
@@ -367,11 +393,10 @@ class RestServer:
     def handle(self, method: str, raw_path: str, body: Optional[bytes]) -> Tuple[int, str, bytes]:
         """(HTTP status, content type, body) for one request."""
         path = urlsplit(raw_path).path
-        server = self.model_server
-        if server.metrics_path and path == server.metrics_path:
+        if self.metrics_path and path == self.metrics_path:
             if method != "GET":
                 return self._error(invalid(f"Unexpected method {method} for {path}"))
-            return 200, "text/plain; version=0.0.4", server.metrics.render().encode()
+            return 200, "text/plain; version=0.0.4", self.metrics.render().encode()
         if not _V1_RE.fullmatch(path):
             return 404, "application/json", json.dumps(
                 {"error": f"Not found: {method} {path}"}).encode()
@@ -390,7 +415,7 @@ class RestServer:
             log.exception("unexpected error while serving REST %s %s", method, path[:200])
             return self._error(ServingError(code, f"{type(exc).__name__}: {exc}"))
         finally:
-            server.metrics.record_request(server.served_name(model), api, "REST", code.name,
+            self.metrics.record_request(self.registry.served_name(model), api, "REST", code.name,
                                           (time.perf_counter() - start) * 1e6)
 
     @staticmethod
@@ -405,10 +430,10 @@ class RestServer:
                 raise malformed
             spec = self._spec(*match.groups()[:3])
             verb = match.group(4).lower()
-            if verb != "predict":
-                raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
-                                   f"{verb} is not supported by this server: its models export "
-                                   "Predict signatures; use :predict")
+            if verb == "classify":
+                return "classify", spec.name, self._classify(spec, body)
+            if verb == "regress":
+                return "regress", spec.name, self._regress(spec, body)
             return "predict", spec.name, self._predict(spec, body)
         if method == "GET":
             match = _STATUS_RE.fullmatch(path)
@@ -440,13 +465,13 @@ class RestServer:
 
     def _status(self, spec) -> dict:
         request = get_model_status_pb2.GetModelStatusRequest(model_spec=spec)
-        response = self.model_server.get_model_status(request)
+        response = self.model_service.get_model_status(request)
         return json_format.MessageToDict(response, always_print_fields_with_no_presence=True)
 
     def _metadata(self, spec) -> dict:
         request = get_model_metadata_pb2.GetModelMetadataRequest(model_spec=spec,
                                                                  metadata_field=[METADATA_SIGNATURE_DEF])
-        response = self.model_server.get_model_metadata(request)
+        response = self.prediction.get_model_metadata(request)
         sig_map = get_model_metadata_pb2.SignatureDefMap()
         response.metadata[METADATA_SIGNATURE_DEF].Unpack(sig_map)
         options = dict(always_print_fields_with_no_presence=True,
@@ -454,7 +479,9 @@ class RestServer:
         return {"model_spec": json_format.MessageToDict(response.model_spec, **options),
                 "metadata": {METADATA_SIGNATURE_DEF: json_format.MessageToDict(sig_map, **options)}}
 
-    def _predict(self, spec, body: Optional[bytes]) -> dict:
+    @staticmethod
+    def _document(body: Optional[bytes]) -> dict:
+        """The request body as a JSON object, with TF Serving's parse errors."""
         if not body:
             raise invalid("JSON Parse error: The document is empty")
         try:
@@ -468,16 +495,32 @@ class RestServer:
             raise invalid("JSON Parse error: the document is nested too deeply") from None
         if not isinstance(doc, dict):
             raise invalid(f"JSON Value: {_jstr(doc)} Is not object")
+        return doc
+
+    def _classify(self, spec, body: Optional[bytes]) -> dict:
+        request = classification_pb2.ClassificationRequest(model_spec=spec)
+        _fill_input(request, self._document(body))
+        response = self.prediction.classify(request)
+        return {"results": [[[c.label, _json_float(c.score)] for c in classes.classes]
+                            for classes in response.result.classifications]}
+
+    def _regress(self, spec, body: Optional[bytes]) -> dict:
+        request = regression_pb2.RegressionRequest(model_spec=spec)
+        _fill_input(request, self._document(body))
+        response = self.prediction.regress(request)
+        return {"results": [_json_float(r.value) for r in response.result.regressions]}
+
+    def _predict(self, spec, body: Optional[bytes]) -> dict:
+        doc = self._document(body)
         signature = doc.get("signature_name", "")
         if not isinstance(signature, str):
             raise invalid(f"JSON Value: {_jstr(doc)} not formatted correctly. 'signature_name' "
                           "key must be a string value.")
-        server = self.model_server
-        ver = server.resolve(spec)
+        ver = self.registry.resolve(spec)
         name = signature or DEFAULT_SIGNATURE
-        if name not in ver.signature_defs or name not in ver.functions:
+        if name not in ver.signature_defs:
             raise invalid(f"Serving signature name: \"{name}\" not found in signature def")
-        sig, _ = server.signature_of(ver, name)
+        sig = ver.signature_defs[name]
         infos = sig.inputs
         if not infos:
             raise invalid(f"Failed to get input map for signature: {signature or 'DEFAULT'}")
@@ -497,8 +540,60 @@ class RestServer:
             arrays = _inputs_to_arrays(doc["inputs"], infos)
         else:
             raise invalid("Missing 'inputs' or 'instances' key")
-        outputs = server.execute(ver, name, arrays, list(sig.outputs))
+        outputs = self.runner.run(ver, name, arrays)
         return outputs_to_json(outputs, row_format=has_instances)
+
+
+# --------------------------------------------------------------------------- classify / regress
+def _json_float(value: float) -> float:
+    return float(str(np.float32(value)))  # float32's shortest text, as TF Serving writes
+
+
+def _feature(name: str, value) -> feature_pb2.Feature:
+    """A JSON value (a leaf or a list of leaves) as a ``tf.train.Feature``."""
+    leaves = value if isinstance(value, list) else [value]
+    feature = feature_pb2.Feature()
+    if not leaves:
+        return feature
+    if all(isinstance(v, str) or _is_b64(v) for v in leaves):
+        feature.bytes_list.value.extend(
+            _scalar(v, _DT.DT_STRING) for v in leaves)
+    elif all(isinstance(v, int) and not isinstance(v, bool) for v in leaves):
+        feature.int64_list.value.extend(leaves)
+    elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in leaves):
+        feature.float_list.value.extend(float(v) for v in leaves)
+    else:
+        raise invalid(f"Unsupported JSON value for feature {name}: {_jstr(value)} (expected "
+                      "strings, {\"b64\": ...}, integers or numbers, or a list of one kind)")
+    return feature
+
+
+def _example(obj, where: str) -> example_pb2.Example:
+    if not isinstance(obj, dict):
+        raise invalid(f"JSON Value: {_jstr(obj)} in {where} is not an object of features")
+    example = example_pb2.Example()
+    for name, value in obj.items():
+        example.features.feature[name].CopyFrom(_feature(name, value))
+    return example
+
+
+def _fill_input(request, doc: dict) -> None:
+    """``request.input`` (and signature) from TF Serving's classify/regress JSON."""
+    signature = doc.get("signature_name", "")
+    if not isinstance(signature, str):
+        raise invalid(f"JSON Value: {_jstr(doc)} not formatted correctly. 'signature_name' "
+                      "key must be a string value.")
+    request.model_spec.signature_name = signature
+    examples = doc.get("examples")
+    if not isinstance(examples, list):
+        raise invalid(f"JSON Value: {_jstr(doc)} Excepting 'examples' to be an list/array")
+    rows = [_example(e, "'examples'") for e in examples]
+    if "context" in doc:
+        target: input_pb2.ExampleListWithContext = request.input.example_list_with_context
+        target.context.CopyFrom(_example(doc["context"], "'context'"))
+        target.examples.extend(rows)
+    else:
+        request.input.example_list.examples.extend(rows)
 
 
 def _ssl_context(ssl_config) -> ssl.SSLContext:
@@ -542,7 +637,7 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("REST %s - %s", self.address_string(), format % args)
 
     def _read_body(self) -> Tuple[Optional[bytes], Optional[str]]:
-        limit = self.rest.model_server.max_message_bytes
+        limit = self.rest.max_message_bytes
         encoding = (self.headers.get("Transfer-Encoding") or "").lower()
         if "chunked" in encoding:
             parts, total = [], 0
