@@ -325,7 +325,8 @@ class Registry:
             if failure is not None and failure.stamp == folder_stamp and (
                     failure.attempts > self.max_load_retries or now < failure.next_try):
                 continue  # failed before, unchanged since: retry only as configured
-            attempts = 1 if failure is None or failure.stamp != folder_stamp else failure.attempts + 1
+            attempts = 1 if failure is None or failure.stamp != folder_stamp \
+                else failure.attempts + 1
             with self._lock:
                 model.states[version] = ("LOADING", grpc.StatusCode.OK, "")
             try:

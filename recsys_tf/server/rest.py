@@ -469,8 +469,8 @@ class RestServer:
         return json_format.MessageToDict(response, always_print_fields_with_no_presence=True)
 
     def _metadata(self, spec) -> dict:
-        request = get_model_metadata_pb2.GetModelMetadataRequest(model_spec=spec,
-                                                                 metadata_field=[METADATA_SIGNATURE_DEF])
+        request = get_model_metadata_pb2.GetModelMetadataRequest(
+            model_spec=spec, metadata_field=[METADATA_SIGNATURE_DEF])
         response = self.prediction.get_model_metadata(request)
         sig_map = get_model_metadata_pb2.SignatureDefMap()
         response.metadata[METADATA_SIGNATURE_DEF].Unpack(sig_map)

@@ -21,10 +21,11 @@ fields (``float_val``, ...) unless ``enable_serialization_as_tensor_content`` is
 Status codes follow TF Serving: an unknown model or version is NOT_FOUND ("Servable not found
 for request: Latest(name)"); an unknown version label and a bad request (missing, extra or
 misnamed input, wrong dtype, unparsable tensor, inputs the graph cannot compute, unknown
-output filter, metadata without fields) INVALID_ARGUMENT; an unknown signature FAILED_PRECONDITION; a full batching
-queue UNAVAILABLE; a message over the size limit RESOURCE_EXHAUSTED. Errors TensorFlow raises
-while running a model keep the code TensorFlow gave them. Nothing a client sends turns into
-INTERNAL or takes the server down.
+output filter, metadata without fields) INVALID_ARGUMENT; an unknown signature
+FAILED_PRECONDITION; a full batching queue UNAVAILABLE; a message over the size limit
+RESOURCE_EXHAUSTED. Errors TensorFlow raises while running a model keep the code TensorFlow
+gave them, except INTERNAL, which is answered as INVALID_ARGUMENT: nothing a client sends
+turns into INTERNAL or takes the server down.
 
 Models come from one of three places:
 

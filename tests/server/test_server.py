@@ -473,7 +473,8 @@ def test_bad_configs(tmp_path):
     with pytest.raises(ValueError, match="twice"):
         ModelServer(model_config_file=str(bad))
     bad.write_text("not a config")
-    with pytest.raises(ValueError, match="Error parsing text-format tensorflow.serving.ModelServerConfig"):
+    with pytest.raises(ValueError, match="Error parsing text-format "
+                       "tensorflow.serving.ModelServerConfig"):
         ModelServer(model_config_file=str(bad))
 
 
