@@ -48,8 +48,8 @@ log = logging.getLogger("recsys_tf.server.server")
 _STATE = get_model_status_pb2.ModelVersionStatus.State
 
 
-_UNIMPLEMENTED = ("{name} is not supported by this server: its models export Predict "
-                  "signatures; call Predict with the signature that returns the scores")
+_UNIMPLEMENTED = ("{name} is not available: this server was started without an inference "
+                  "service; call Predict with the signature that returns the scores")
 
 
 class UnimplementedInference:
