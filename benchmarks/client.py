@@ -293,17 +293,18 @@ def signature_comparison(target, local, tables, rankers, retrieval, requests, kw
     """Per ranker: the pipeline with the ranker called through ``one_user`` and through
     ``serving_default``, through the server and in-process, at concurrency 1, the four ways
     alternating round by round (order reversed every other round). One row per way."""
-    from recsys_tf.client.recommender import Recommender
+    from recsys_tf.client.recommender import ClientOptions, Recommender
 
     out = []
     for ranker in rankers:
         recs = {}
         for sig in ("one_user", "serving_default"):
             recs["grpc", sig] = Recommender(target, tables, ranker=ranker, timeout=10.0,
-                                            retrieval_model=retrieval, ranker_signature=sig)
+                                            retrieval_model=retrieval,
+                                            options=ClientOptions(ranker_signature=sig))
             recs["in-process", sig] = Recommender(None, tables, ranker=ranker, client=local,
                                                   timeout=10.0, retrieval_model=retrieval,
-                                                  ranker_signature=sig)
+                                                  options=ClientOptions(ranker_signature=sig))
         for rec in recs.values():
             for user, ctx in requests[:10]:
                 rec.recommend(user, context=ctx, **kwargs)

@@ -25,6 +25,10 @@ import time
 MODEL_NAMES = ("two_tower", "wide_deep", "deepfm", "xdeepfm", "dcn_v2", "dien")
 
 
+class UsageError(Exception):
+    """A mistake in what the user asked for: printed as one ``error:`` line, exit status 2."""
+
+
 def _datasets():
     from recsys_tf.data import DATASETS
 
@@ -48,7 +52,7 @@ def _parse_options(pairs, flag):
     for pair in pairs or ():
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise SystemExit(f"error: {flag} {pair!r}: expected KEY=VALUE")
+            raise UsageError(f"{flag} {pair!r}: expected KEY=VALUE")
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -60,13 +64,37 @@ def _load_data(args, **options):
     from recsys_tf import data
 
     options.update(_parse_options(getattr(args, "data_option", None), "--data-option"))
+    if args.data not in _datasets():
+        raise UsageError(f"--data {args.data!r}: unknown dataset; expected one of "
+                         f"{', '.join(_datasets())}")
+    if args.data_dir is not None and not os.path.isdir(args.data_dir):
+        raise UsageError(f"--data-dir {args.data_dir!r}: no such directory; expected the folder "
+                         "holding the real data sets (or leave it out to use "
+                         "$RECSYS_TF_DATA_DIR)")
     if args.data == "synthetic":
         options.setdefault("seed", args.seed)
     try:
         return data.load(args.data, args.data_dir, **options)
     except TypeError as e:
-        raise SystemExit(f"error: dataset {args.data!r} does not take these options "
-                         f"{sorted(options)}: {e}") from None
+        raise UsageError(_option_error(args.data, options, e)) from None
+
+
+def _option_error(dataset, options, exc):
+    """The one ``--data-option`` a loader refused, and the options it takes."""
+    import importlib
+    import inspect
+    import re
+
+    from recsys_tf.data import DATASETS
+
+    bad = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
+    module, fn = DATASETS[dataset].split(":")
+    params = inspect.signature(getattr(importlib.import_module(module), fn)).parameters
+    takes = ", ".join(p for p in params if p != "data_dir")
+    if bad is None:
+        return f"dataset {dataset!r} does not take these options {sorted(options)}: {exc}"
+    return (f"--data-option {bad.group(1)}: dataset {dataset!r} has no such option; expected "
+            f"one of {takes}")
 
 
 def _say(msg):
@@ -90,38 +118,35 @@ def cmd_data(args):
 # -- train ---------------------------------------------------------------------------------
 def cmd_train(args):
     if args.model not in MODEL_NAMES:
-        _say(f"error: unknown model {args.model!r}; models are {', '.join(MODEL_NAMES)}")
-        return 2
+        raise UsageError(f"unknown model {args.model!r}; expected one of "
+                         f"{', '.join(MODEL_NAMES)}")
     from recsys_tf import models
 
     try:
         models.get(args.model)
     except NotImplementedError as e:
-        _say(f"error: {e}")
-        return 2
+        raise UsageError(str(e)) from None
     multiplier = args.embedding_lr_multiplier
     if multiplier is not None and not multiplier > 0:
-        _say(f"error: --embedding-lr-multiplier {multiplier:g}: expected a number > 0")
-        return 2
+        raise UsageError(f"--embedding-lr-multiplier {multiplier:g}: expected a number > 0")
     averaging = args.weight_averaging
     if averaging is not None and not 0 <= averaging < 1:
-        _say(f"error: --weight-averaging {averaging:g}: expected a momentum in [0, 1) "
-             "(0 turns averaging off)")
-        return 2
+        raise UsageError(f"--weight-averaging {averaging:g}: expected a momentum in [0, 1) "
+                         "(0 turns averaging off)")
     bad = [n for n in args.warmup_batch_sizes if n < 1]
     if bad:
-        _say(f"error: --warmup-batch-sizes {bad[0]}: expected a number of rows >= 1")
-        return 2
+        raise UsageError(f"--warmup-batch-sizes {bad[0]}: expected a number of rows >= 1")
     ds = _load_data(args)
     _say(f"training {args.model} on {ds.name}: {len(ds.train):,} training rows")
     from recsys_tf import pipeline
 
-    result, _ = pipeline.train(args.model, ds, epochs=args.epochs, batch_size=args.batch_size,
-                      export_dir=args.export_dir, learning_rate=args.learning_rate,
-                      options=_parse_options(args.model_option, "--model-option"),
-                      scann=not args.no_scann, scann_recall=args.scann_recall,
-                      scann_index_k=args.scann_index_k, embedding_lr_multiplier=multiplier,
-                      weight_averaging=averaging, warmup_batch_sizes=args.warmup_batch_sizes)
+    result, _ = pipeline.train(
+        args.model, ds, epochs=args.epochs, batch_size=args.batch_size,
+        export_dir=args.export_dir, learning_rate=args.learning_rate,
+        options=_parse_options(args.model_option, "--model-option"),
+        scann=not args.no_scann, scann_recall=args.scann_recall,
+        scann_index_k=args.scann_index_k, embedding_lr_multiplier=multiplier,
+        weight_averaging=averaging, warmup_batch_sizes=args.warmup_batch_sizes)
     text = json.dumps(result, indent=2)
     print(text)
     if args.metrics_out:
@@ -137,10 +162,18 @@ def cmd_evaluate(args):
     from recsys_tf import pipeline
     from recsys_tf.export import read_model_card
 
-    card = read_model_card(args.model_dir)
+    if not os.path.isdir(args.model_dir):
+        raise UsageError(f"--model-dir {args.model_dir!r}: no such directory; expected an "
+                         "exported ranker version folder, e.g. saved_models/deepfm/1")
+    try:
+        card = read_model_card(args.model_dir)
+    except FileNotFoundError:
+        raise UsageError(f"--model-dir {args.model_dir!r} holds no model card "
+                         "(assets.extra/model_card.json); expected a version folder written by "
+                         "`recsys-tf train ... --export-dir`, e.g. saved_models/deepfm/1") from None
     if card.get("kind") != "ranker":
-        _say(f"error: {args.model_dir} holds a {card.get('kind')} model; evaluate takes rankers")
-        return 2
+        raise UsageError(f"--model-dir {args.model_dir!r} holds a {card.get('kind')} model; "
+                         "expected a ranker export (evaluate scores rankers)")
     ds = _load_data(args)
     print(json.dumps(pipeline.evaluate_saved_model(args.model_dir, ds), indent=2))
     return 0
@@ -151,8 +184,8 @@ def cmd_export(args):
     from recsys_tf.export import versions
 
     if not os.path.isdir(args.export_dir):
-        _say(f"error: export dir {args.export_dir!r} does not exist; train with --export-dir first")
-        return 2
+        raise UsageError(f"--export-dir {args.export_dir!r}: no such directory; expected an "
+                         "export root written by `recsys-tf train ... --export-dir`")
     for name in sorted(os.listdir(args.export_dir)):
         v = versions(args.export_dir, name)
         if v:
@@ -183,7 +216,7 @@ def _latest_tables(export_dir, retrieval_model):
 
     v = versions(export_dir, retrieval_model)
     if not v:
-        raise SystemExit(f"error: no exported {retrieval_model!r} under {export_dir!r}; "
+        raise UsageError(f"no exported {retrieval_model!r} under {export_dir!r}; "
                          "run `recsys-tf train two_tower ... --export-dir` or `recsys-tf demo`")
     return os.path.join(export_dir, retrieval_model, str(v[-1]), "assets.extra")
 
@@ -235,7 +268,7 @@ def print_result(result, out=None):
 def cmd_recommend(args):
     import logging
 
-    from recsys_tf.client.recommender import Recommender, Rules
+    from recsys_tf.client.recommender import ClientOptions, Recommender, Rules
 
     if args.debug:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr,
@@ -247,10 +280,13 @@ def cmd_recommend(args):
                   freshness_half_life=args.freshness_half_life,
                   freshness_strength=args.freshness_strength)
     with Recommender(args.target, tables, retrieval_model=args.retrieval_model,
-                     ranker=args.ranker or None, ranker_version=args.ranker_version,
-                     ranker_label=args.ranker_label, ranker_target=args.ranker_target,
-                     timeout=args.timeout, max_attempts=args.attempts, rules=rules,
-                     ranker_signature=args.ranker_signature, debug=args.debug) as rec:
+                     ranker=args.ranker or None, timeout=args.timeout, rules=rules,
+                     options=ClientOptions(ranker_version=args.ranker_version,
+                                           ranker_label=args.ranker_label,
+                                           ranker_target=args.ranker_target,
+                                           max_attempts=args.attempts,
+                                           ranker_signature=args.ranker_signature,
+                                           debug=args.debug)) as rec:
         result = rec.recommend(args.user_id, k=args.k, context=context,
                                n_candidates=args.candidates, diversity=args.diversity,
                                blend_weight=args.blend_weight, explore=args.explore,
@@ -312,9 +348,8 @@ def cmd_bench(args):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     script = os.path.join(root, "benchmarks", f"{args.name}.py")
     if not os.path.exists(script):
-        _say(f"error: {script} not found: benchmarks ship with the source checkout, not the "
+        raise UsageError(f"{script} not found: benchmarks ship with the source checkout, not the "
              "installed package")
-        return 2
     cmd = [sys.executable, script] + (["--quick"] if args.quick else []) + list(args.extra)
     _say("running " + " ".join(cmd))
     return subprocess.call(cmd, cwd=root)
@@ -322,6 +357,8 @@ def cmd_bench(args):
 
 def build_parser():
     p = argparse.ArgumentParser(prog="recsys-tf", description=__doc__.split("\n\n")[0])
+    p.add_argument("--debug", action="store_true", dest="traceback",
+                   help="show the Python traceback of an error instead of one error line")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("data", help="load a data set and print its summary")
@@ -458,7 +495,23 @@ def main(argv=None):
     import recsys_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 
     args = build_parser().parse_args(argv)
-    return args.fn(args)
+    try:
+        return args.fn(args)
+    except UsageError as e:
+        if args.traceback:
+            raise
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+    except (ValueError, OSError) as e:  # a bad value or a missing file the command was given
+        if args.traceback:
+            raise
+        message = str(e) or type(e).__name__
+        print(f"error: {message} (recsys-tf --debug ... shows the traceback)", file=sys.stderr,
+              flush=True)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr, flush=True)
+        return 130
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@ import sys
 import pytest
 
 from recsys_tf.cli import main
-from recsys_tf.pipeline import model_config_text
 from recsys_tf.export import read_model_card
+from recsys_tf.pipeline import model_config_text
 
 TINY_OPTS = ["--data-option", "n_users=40", "--data-option", "n_items=30",
              "--data-option", "n_train=1500", "--data-option", "n_test=300"]
@@ -86,19 +86,71 @@ def test_train_passes_the_embedding_lr_multiplier(monkeypatch):
     assert seen == [1.5, training.EMBEDDING_LR_MULTIPLIER]
 
 
-def test_unknown_model_and_dataset_are_clear_errors(capsys):
-    assert main(["train", "nope", "--data", "synthetic"]) == 2
-    assert "unknown model 'nope'" in capsys.readouterr().out
-    assert main(["train", "deepfm", "--data", "synthetic", "--embedding-lr-multiplier", "0"]) == 2
-    assert "--embedding-lr-multiplier 0: expected a number > 0" in capsys.readouterr().out
-    assert main(["train", "deepfm", "--data", "synthetic", "--weight-averaging", "1"]) == 2
-    assert "--weight-averaging 1: expected a momentum in [0, 1)" in capsys.readouterr().out
-    assert main(["train", "deepfm", "--data", "synthetic", "--warmup-batch-sizes", "0"]) == 2
-    assert "--warmup-batch-sizes 0: expected a number of rows >= 1" in capsys.readouterr().out
-    with pytest.raises(ValueError, match="unknown dataset 'nope'"):
-        main(["train", "deepfm", "--data", "nope"])
-    with pytest.raises(SystemExit, match="expected KEY=VALUE"):
-        main(["train", "deepfm", "--data", "synthetic", "--data-option", "oops"])
+def _error_line(capsys, argv):
+    """Runs ``argv``; returns its stderr, checked to be one ``error:`` line, no traceback."""
+    assert main(argv) == 2, argv
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
+    assert "Traceback" not in captured.out + captured.err
+    return lines[0]
+
+
+def test_train_mistakes_are_one_error_line(capsys):
+    assert "unknown model 'nope'; expected one of two_tower" in _error_line(
+        capsys, ["train", "nope", "--data", "synthetic"])
+    assert "--embedding-lr-multiplier 0: expected a number > 0" in _error_line(
+        capsys, ["train", "deepfm", "--data", "synthetic", "--embedding-lr-multiplier", "0"])
+    assert "--weight-averaging 1: expected a momentum in [0, 1)" in _error_line(
+        capsys, ["train", "deepfm", "--data", "synthetic", "--weight-averaging", "1"])
+    assert "--warmup-batch-sizes 0: expected a number of rows >= 1" in _error_line(
+        capsys, ["train", "deepfm", "--data", "synthetic", "--warmup-batch-sizes", "0"])
+    line = _error_line(capsys, ["train", "deepfm", "--data", "nonexist"])
+    assert "--data 'nonexist': unknown dataset; expected one of" in line and "criteo" in line
+    assert "--data-dir '/no/such/dir': no such directory" in _error_line(
+        capsys, ["train", "deepfm", "--data", "criteo", "--data-dir", "/no/such/dir"])
+    assert "--data-option 'oops': expected KEY=VALUE" in _error_line(
+        capsys, ["train", "deepfm", "--data", "synthetic", "--data-option", "oops"])
+    assert "--data-option bogus: dataset 'synthetic' has no such option; expected one of" \
+        in _error_line(capsys, ["train", "deepfm", "--data", "synthetic", "--data-option",
+                                "bogus=1"])
+
+
+def test_criteo_file_missing_names_the_file_and_what_was_expected(capsys, tmp_path):
+    line = _error_line(capsys, ["train", "deepfm", "--data", "criteo", "--data-dir",
+                                str(tmp_path)])
+    assert str(tmp_path) in line and "train.txt" in line and "Expected" in line
+
+
+def test_data_mistakes_are_one_error_line(capsys):
+    assert "--data 'nope': unknown dataset" in _error_line(capsys, ["data", "nope"])
+
+
+def test_evaluate_mistakes_are_one_error_line(capsys, tmp_path):
+    assert "--model-dir '/no/such/dir': no such directory; expected an exported ranker" in \
+        _error_line(capsys, ["evaluate", "--model-dir", "/no/such/dir", "--data", "synthetic"])
+    assert "holds no model card" in _error_line(
+        capsys, ["evaluate", "--model-dir", str(tmp_path), "--data", "synthetic"])
+
+
+def test_export_and_recommend_mistakes_are_one_error_line(capsys, tmp_path):
+    assert "--export-dir '/no/such/dir': no such directory" in _error_line(
+        capsys, ["export", "--export-dir", "/no/such/dir"])
+    assert "no exported 'two_tower' under" in _error_line(
+        capsys, ["recommend", "--user-id", "u0", "--export-dir", str(tmp_path)])
+
+
+def test_serve_mistake_is_one_error_line(capsys, tmp_path):
+    missing = str(tmp_path / "nothing.config")
+    rc = main(["serve", "--model_config_file", missing, "--port", "0"])
+    assert rc == 2
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.out + captured.err
+
+
+def test_debug_keeps_the_traceback():
+    with pytest.raises(Exception, match="unknown dataset"):
+        main(["--debug", "train", "deepfm", "--data", "nonexist"])
 
 
 def test_every_command_has_help():

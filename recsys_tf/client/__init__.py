@@ -2,18 +2,21 @@
 
 It imports nothing of :mod:`recsys_tf.server` and no model code; it works the same against
 TF Serving and against the bundled server. ``from recsys_tf.client import Recommender``.
-The parts: ``recommender`` (the pipeline), ``calls`` (deadlines, retries, served models),
-``requests`` (inputs checked against a signature), ``stores`` (item and user tables),
+The parts: ``recommender`` (the pipeline, composed of the others), ``options``
+(``ClientOptions``: how it calls the models), ``calls`` (``ModelCaller``: deadlines, retries,
+the signature cache), ``requests`` (``RequestBuilder``: inputs checked against a signature),
+``errors`` (``RequestError``, ``DeadlineExceeded``), ``stores`` (item and user tables),
 ``rules`` (business rules, the re-rank stage), ``grpc_client`` (one model's Predict and
 metadata) and ``rerank`` (pure numpy: importing it alone loads no TensorFlow).
 """
 import importlib
 
 _PUBLIC = {
-    "Recommender": "recommender", "Result": "rules",
+    "Recommender": "recommender", "ClientOptions": "options", "Result": "rules",
     "Recommendation": "rules", "Rules": "rules", "Boost": "rules", "ItemStore": "stores",
-    "InMemoryItemStore": "stores", "UserStore": "stores", "RequestError": "requests",
-    "DeadlineExceeded": "requests", "ServingClient": "grpc_client",
+    "InMemoryItemStore": "stores", "UserStore": "stores", "RequestError": "errors",
+    "DeadlineExceeded": "errors", "ServingClient": "grpc_client", "ModelCaller": "calls",
+    "RequestBuilder": "requests",
 }
 __all__ = sorted(_PUBLIC)
 

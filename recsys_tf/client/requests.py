@@ -1,53 +1,29 @@
 """Request building for the recommendation client: signature -> request tensors.
 
 Everything sent to a served model is shaped by its signature (``GetModelMetadata``): values
-are cast to the input's dtype and shaped to its rank (``_input``: scalars, one value per row,
-padded id sequences), then checked against it (``_check``), so a request that does not fit
-fails here with a :class:`RequestError` naming the input, before anything is sent. Also the
-client's error types and the helpers that name a failure.
+are cast to the input's dtype and shaped to its rank (scalars, one value per row, padded id
+sequences), then checked against it, so a request that does not fit fails here with a
+:class:`~recsys_tf.client.errors.RequestError` naming the input, before anything is sent.
+:class:`RequestBuilder` is the part of a ``Recommender`` that does it.
+
+Contract: a signature is ``{"inputs": {name: {"dtype", "shape"}}, "outputs": {...}}`` as
+``ServingClient.signature`` describes it (dtype a numpy dtype or ``"string"``, shape a list with
+-1 for unknown sizes, None for unknown rank); an input the user has no value for is sent as
+unknown (``""`` / NaN / 0), or raises with ``strict=True``.
+
+Example::
+
+    builder = RequestBuilder()
+    inputs, missing = builder.build("deepfm", sig, {"user_id": "u1", "hour": "20"}, rows=3,
+                                    items={"item_id": ["i1", "i2", "i3"]})
 """
 from __future__ import annotations
 
-import grpc
 import numpy as np
 
-__all__ = ["RequestError", "DeadlineExceeded"]
+from recsys_tf.client.errors import RequestError
 
-
-# ------------------------------------------------------------------------------ errors
-class RequestError(ValueError):
-    """A request that does not fit the model's signature; raised before anything is sent.
-
-    ``model`` and ``field`` (the input's name, or None) say where.
-    """
-
-    code = "INVALID_REQUEST"
-
-    def __init__(self, model, field, message):
-        where = f"input {field!r}: " if field is not None else ""
-        super().__init__(f"{model}: {where}{message}")
-        self.model, self.field = model, field
-
-
-class DeadlineExceeded(TimeoutError):
-    """A stage's share of the deadline ran out before a (further) call could be made."""
-
-    code = "DEADLINE_EXCEEDED"
-
-
-_FAILURES = (grpc.RpcError, RequestError, DeadlineExceeded)
-
-
-def _error_code(err) -> str:
-    if isinstance(err, grpc.RpcError) and callable(getattr(err, "code", None)):
-        return err.code().name
-    return getattr(err, "code", None) or type(err).__name__
-
-
-def _error_text(err) -> str:
-    if isinstance(err, grpc.RpcError) and callable(getattr(err, "details", None)):
-        return f"{_error_code(err)}: {err.details()}"
-    return f"{_error_code(err)}: {err}"
+__all__ = ["RequestBuilder", "kind", "summary"]
 
 
 # ------------------------------------------------------------------------------ requests
@@ -193,7 +169,7 @@ def _check(model, name, spec, array, rows):
                                f"signature's shape {shape}")
 
 
-def _summary(inputs):
+def summary(inputs):
     """A one-line description of request tensors for the debug log."""
     parts = []
     for name, a in inputs.items():
@@ -204,10 +180,73 @@ def _summary(inputs):
     return ", ".join(parts)
 
 
-def _kind(dtype):
+def kind(dtype):
     """numpy kind of a signature dtype; "T" for strings, "?" for dtypes numpy cannot hold."""
     if dtype == "string":
         return "T"
     if isinstance(dtype, str):
         return "?"
     return np.dtype(dtype).kind
+
+
+# ------------------------------------------------------------------------------ the builder
+class RequestBuilder:
+    """Request inputs for a signature from item columns and the user's (and context) values.
+
+    Args:
+      strict: a signature input with no value is an error (``RequestError``) rather than
+        sent as unknown (default False).
+    """
+
+    def __init__(self, strict=False):
+        self.strict = bool(strict)
+
+    def build(self, model, sig, user, rows, items=None, skip=(), encoded=(), made=None):
+        """Request inputs for a signature: item columns first, then user/context values.
+
+        ``items``: ``{column: values}``, one value per row. ``skip``: input names to leave
+        out (the caller sets them). ``encoded`` names item columns taken from the item
+        store's ``wire`` (object arrays of ``bytes``, one per row): for a string input of one
+        value per row they are sent as they are, when they are such arrays; anything else
+        goes through the usual conversion. A user or context value goes out as one row where
+        the signature's first dimension is 1 (``one_user``), else repeated for each of the
+        ``rows``. ``made`` (optional, a dict kept for one ``recommend`` call, whose stages
+        pass the same ``user``): user-side arrays already built, by input name, dtype, shape
+        and rows - the retrieval and ``one_user`` requests carry the same ones, converted once.
+        Returns ``(inputs, missing)``; inputs the user has no value for are sent as unknown
+        ("" / NaN / 0) and listed in ``missing`` (or raise with ``strict``).
+        """
+        out, missing = {}, []
+        for name, spec in sig["inputs"].items():
+            if name in skip:
+                continue
+            if name in encoded and spec["dtype"] == "string" and spec["shape"] is not None \
+                    and len(spec["shape"]) == 1:
+                arr = items[name]
+                if isinstance(arr, np.ndarray) and arr.dtype == object and arr.shape == (rows,):
+                    _check(model, name, spec, arr, rows)
+                    out[name] = arr
+                    continue
+            if items is not None and name in items:
+                out[name] = arr = _input(model, name, spec, items[name], rows, False)
+                _check(model, name, spec, arr, rows)
+                continue
+            known = name in user
+            if not known:
+                if self.strict:
+                    raise RequestError(model, name, "no value for this input (strict mode)")
+                missing.append(name)
+            shape = spec["shape"]
+            n = 1 if shape and shape[0] == 1 else rows
+            # what decides the array: dtype, rank and inner sizes, rows (not how the
+            # signature names the first dimension, -1 or 1)
+            key = (name, str(spec["dtype"]), n,
+                   None if shape is None else (len(shape), tuple(shape[1:])))
+            arr = None if made is None else made.get(key)
+            if arr is None:
+                arr = _input(model, name, spec, [user[name] if known else None], n, True)
+                if made is not None:
+                    made[key] = arr
+            _check(model, name, spec, arr, n)
+            out[name] = arr
+        return out, missing

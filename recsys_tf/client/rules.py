@@ -72,6 +72,24 @@ class Rules:
     freshness_strength: float = 0.0
     calibration: tuple | None = None
 
+    def banned(self, exclude=(), seen=()) -> set:
+        """The ids one request must not return: these rules' ``exclude``, the request's
+        ``exclude`` and the user's ``seen`` items, as plain values (bytes decoded, numpy
+        scalars as Python's)."""
+        return {_plain(i) for group in (exclude, self.exclude, seen) for i in group}
+
+    def allowed(self, hydrated, n):
+        """Which of ``n`` candidates ``exclude_values`` lets through, from their hydrated
+        columns: a bool array, or None when there is nothing to exclude by value."""
+        if not self.exclude_values or not n:
+            return None
+        keep = np.ones(n, dtype=bool)
+        for column, values in self.exclude_values.items():
+            if column not in hydrated:
+                raise KeyError(f"exclude_values: the item table has no column {column!r}")
+            keep &= rerank.filter_mask(_hashable(hydrated[column]), list(values))
+        return keep
+
 
 @dataclasses.dataclass
 class Recommendation:

@@ -4,31 +4,23 @@ import os
 import numpy as np
 import pytest
 
+from recsys_tf.client import ClientOptions
 from recsys_tf.client import recommender as client_module
 
 
-def Recommender(*args, timeout=10.0, **kwargs):
-    """The client with a 10 s deadline: these tests check answers, and a loaded 2-core machine
-    can take the default 2 s for a first call (the deadline tests are test_client_faults.py's)."""
+def Recommender(*args, timeout=30.0, **kwargs):
+    """The client with a 30 s deadline: these tests check answers, not the clock (the deadline
+    tests are test_faults.py's), and a loaded 2-core machine took over the default 2 s for a
+    model's first call (the retrieval stage has 40% of the deadline)."""
     return client_module.Recommender(*args, timeout=timeout, **kwargs)
 
 
-@pytest.fixture(scope="module")
-def tables(trained):
-    return os.path.join(trained["two_tower"][0]["export_path"], "assets.extra")
-
-
-def _context(ds, user):
-    row = ds.test[ds.test.user_id == user].iloc[0]
-    return {n: row[n] for n in ds.feature_set.with_role("context")}
-
-
-def test_recommend_returns_k_distinct_unseen_items(server, tables, tiny_synthetic):
+def test_recommend_returns_k_distinct_unseen_items(server, tables, tiny_synthetic, context):
     ds = tiny_synthetic
     users = ds.test.user_id.drop_duplicates().head(3).tolist()
     with Recommender(server, tables, ranker="deepfm") as rec:
         for u in users:
-            res = rec.recommend(u, k=10, context=_context(ds, u), n_candidates=30, diversity=0.3)
+            res = rec.recommend(u, k=10, context=context(u), n_candidates=30, diversity=0.3)
             assert res.degraded is None, res.degraded
             ids = [r.item_id for r in res.items]
             assert len(ids) == 10 and len(set(ids)) == 10
@@ -39,12 +31,12 @@ def test_recommend_returns_k_distinct_unseen_items(server, tables, tiny_syntheti
             assert {"retrieval", "ranking", "rerank", "total"} <= set(res.timings_ms)
 
 
-def test_ranking_scores_equal_the_keras_model(server, tables, trained, tiny_synthetic):
+def test_ranking_scores_equal_the_keras_model(server, tables, trained, tiny_synthetic, context):
     """What the client sends the ranker (built from metadata) is the right feature row."""
     ds = tiny_synthetic
     _, model = trained["deepfm"]
     u = ds.test.user_id.iloc[0]
-    ctx = _context(ds, u)
+    ctx = context(u)
     with Recommender(server, tables, ranker="deepfm") as rec:
         res = rec.recommend(u, k=5, context=ctx, n_candidates=20)
     user = ds.users.set_index("user_id").loc[u]
@@ -58,31 +50,32 @@ def test_ranking_scores_equal_the_keras_model(server, tables, trained, tiny_synt
     np.testing.assert_allclose([r.ranking_score for r in res.items], model(x).numpy(), atol=1e-5)
 
 
-def test_diversity_zero_is_ranking_order(server, tables, tiny_synthetic):
-    u = tiny_synthetic.test.user_id.iloc[1]
+def test_diversity_zero_is_ranking_order(server, tables, users):
+    u, ctx = users(1)
     with Recommender(server, tables) as rec:
-        res = rec.recommend(u, k=8, context=_context(tiny_synthetic, u), diversity=0.0)
+        res = rec.recommend(u, k=8, context=ctx, diversity=0.0)
     scores = [r.final_score for r in res.items]
     assert scores == sorted(scores, reverse=True)
 
 
-def test_ranker_down_degrades_to_retrieval_order(server, tables, tiny_synthetic):
-    u = tiny_synthetic.test.user_id.iloc[0]
+def test_ranker_down_degrades_to_retrieval_order(server, tables, user):
+    u, ctx = user
     with Recommender(server, tables, ranker="no_such_ranker") as rec:
-        res = rec.recommend(u, k=5, context=_context(tiny_synthetic, u))
+        res = rec.recommend(u, k=5, context=ctx)
     assert res.degraded and "ranker failed (NOT_FOUND)" in res.degraded
     assert len(res.items) == 5 and all(r.ranking_score is None for r in res.items)
     r = [x.retrieval_score for x in res.items]
     assert r == sorted(r, reverse=True)
 
 
-def test_retrieval_down_degrades_to_popular_items(server, tables, tiny_synthetic):
-    u = tiny_synthetic.test.user_id.iloc[0]
+def test_retrieval_down_degrades_to_popular_items(server, tables, user):
+    u, ctx = user
     with Recommender(server, tables, retrieval_model="no_such_retrieval") as rec:
-        res = rec.recommend(u, k=5, context=_context(tiny_synthetic, u))
+        res = rec.recommend(u, k=5, context=ctx)
     assert res.degraded and "most popular" in res.degraded
     assert len(res.items) == 5
-    with Recommender(server, tables, retrieval_model="no_such_retrieval", raise_errors=True) as rec:
+    with Recommender(server, tables, retrieval_model="no_such_retrieval",
+                     options=ClientOptions(raise_errors=True)) as rec:
         import grpc
 
         with pytest.raises(grpc.RpcError):
@@ -104,13 +97,14 @@ import json  # noqa: E402
 import logging  # noqa: E402
 
 from recsys_tf.client import rerank  # noqa: E402
-from recsys_tf.client.recommender import (  # noqa: E402
+from recsys_tf.client import (  # noqa: E402
     Boost,
     InMemoryItemStore,
+    RequestBuilder,
     RequestError,
     Rules,
-    _CHANNELS,
 )
+from recsys_tf.client.calls import CHANNELS  # noqa: E402
 from recsys_tf.client.grpc_client import ServingClient  # noqa: E402
 
 
@@ -130,13 +124,8 @@ class Counting:
         return self.real.predict(model, inputs, **kwargs)
 
 
-def _user(ds, i=0):
-    u = ds.test.user_id.drop_duplicates().iloc[i]
-    return u, _context(ds, u)
-
-
-def test_result_explains_every_item(server, tables, tiny_synthetic):
-    u, ctx = _user(tiny_synthetic)
+def test_result_explains_every_item(server, tables, users):
+    u, ctx = users(0)
     with Recommender(server, tables, ranker="deepfm") as rec:
         res = rec.recommend(u, k=6, context=ctx, n_candidates=25, diversity=0.4)
     assert res.degraded is None and res.failures == {} and res.retries == 0
@@ -156,11 +145,11 @@ def test_result_explains_every_item(server, tables, tiny_synthetic):
     json.dumps(res.to_dict())  # plain JSON
 
 
-def test_business_rules_hand_checked(server, tables, tiny_synthetic):
+def test_business_rules_hand_checked(server, tables, tiny_synthetic, users):
     """Exclusions, per-category caps, a boost, freshness and calibration, each visible in the
     reasons and each recomputed here from the ranker's raw probability."""
     ds = tiny_synthetic
-    u, ctx = _user(ds)
+    u, ctx = users(0)
     items = ds.items.set_index("item_id")
     with Recommender(server, tables, ranker="deepfm") as rec:
         plain = rec.recommend(u, k=10, context=ctx, n_candidates=40)
@@ -201,8 +190,8 @@ def test_business_rules_hand_checked(server, tables, tiny_synthetic):
     assert finals == sorted(finals, reverse=True)
 
 
-def test_blend_weight_mixes_retrieval_scores(server, tables, tiny_synthetic):
-    u, ctx = _user(tiny_synthetic, 1)
+def test_blend_weight_mixes_retrieval_scores(server, tables, users):
+    u, ctx = users(1)
     with Recommender(server, tables) as rec:
         res = rec.recommend(u, k=30, context=ctx, n_candidates=30, blend_weight=0.3)
     r = np.array([x.retrieval_score for x in res.items])
@@ -213,9 +202,9 @@ def test_blend_weight_mixes_retrieval_scores(server, tables, tiny_synthetic):
     np.testing.assert_allclose([x.reasons["blended_score"] for x in res.items], expect)
 
 
-def test_full_diversity_by_category_spreads_categories(server, tables, tiny_synthetic):
-    u, ctx = _user(tiny_synthetic, 2)
-    with Recommender(server, tables, diversity_by="category") as rec:
+def test_full_diversity_by_category_spreads_categories(server, tables, users):
+    u, ctx = users(2)
+    with Recommender(server, tables, options=ClientOptions(diversity_by="category")) as rec:
         res = rec.recommend(u, k=8, context=ctx, n_candidates=40, diversity=1.0)
         pool = rec.recommend(u, k=40, context=ctx, n_candidates=40)
     n_cats = len({r.category for r in pool.items})
@@ -226,8 +215,8 @@ def test_full_diversity_by_category_spreads_categories(server, tables, tiny_synt
     assert all(r.reasons["mmr_penalty"] == 1 for r in res.items[n_cats:])
 
 
-def test_exploration_is_seeded(server, tables, tiny_synthetic):
-    u, ctx = _user(tiny_synthetic)
+def test_exploration_is_seeded(server, tables, users):
+    u, ctx = users(0)
     with Recommender(server, tables) as rec:
         a = rec.recommend(u, k=8, context=ctx, n_candidates=40, explore=0.05, seed=3)
         b = rec.recommend(u, k=8, context=ctx, n_candidates=40, explore=0.05, seed=3)
@@ -243,8 +232,8 @@ def test_exploration_is_seeded(server, tables, tiny_synthetic):
     assert "explored" not in greedy.items[0].reasons
 
 
-def test_request_not_fitting_the_signature_fails_before_it_is_sent(server, tables, tiny_synthetic):
-    u, ctx = _user(tiny_synthetic)
+def test_request_not_fitting_the_signature_fails_before_it_is_sent(server, tables, users):
+    u, ctx = users(0)
 
     class BadFreshness(InMemoryItemStore):
         def get(self, item_ids):
@@ -262,7 +251,8 @@ def test_request_not_fitting_the_signature_fails_before_it_is_sent(server, table
     assert counting.predicts == ["two_tower"]  # the ranker's request never left the client
     assert len(res.items) == 5 and all(r.ranking_score is None for r in res.items)
 
-    rec = Recommender(server, tables, item_store=store, client=counting, raise_errors=True)
+    rec = Recommender(server, tables, item_store=store, client=counting,
+                      options=ClientOptions(raise_errors=True))
     with pytest.raises(RequestError) as err:
         rec.recommend(u, k=5, context=ctx)
     assert err.value.field == "freshness" and err.value.model == "deepfm"
@@ -271,13 +261,14 @@ def test_request_not_fitting_the_signature_fails_before_it_is_sent(server, table
         rec.recommend(u, k=5, context=dict(ctx, hour=["20", "21"]))
     assert counting.predicts.count("deepfm") == 0
     # strict: a signature input the client has no value for is an error, not an unknown
-    strict = Recommender(server, tables, client=counting, strict=True, raise_errors=True)
+    strict = Recommender(server, tables, client=counting,
+                         options=ClientOptions(strict=True, raise_errors=True))
     with pytest.raises(RequestError, match="no value for this input"):
         strict.recommend("user-never-seen", k=3)
 
 
-def test_signature_read_once_and_cached(server, tables, tiny_synthetic):
-    u, ctx = _user(tiny_synthetic)
+def test_signature_read_once_and_cached(server, tables, users):
+    u, ctx = users(0)
     counting = Counting(server)
     with Recommender(server, tables, client=counting) as rec:
         for _ in range(3):
@@ -285,7 +276,7 @@ def test_signature_read_once_and_cached(server, tables, tiny_synthetic):
     assert [m for m, _ in counting.signature_calls] == ["two_tower", "deepfm"]
     assert counting.predicts == ["two_tower", "deepfm"] * 3
     counting = Counting(server)
-    with Recommender(server, tables, client=counting, metadata_ttl=0) as rec:
+    with Recommender(server, tables, client=counting, options=ClientOptions(metadata_ttl=0)) as rec:
         for _ in range(2):
             rec.recommend(u, k=3, context=ctx, n_candidates=10)
     assert counting.signature_calls == [("two_tower", False), ("deepfm", False),
@@ -293,11 +284,11 @@ def test_signature_read_once_and_cached(server, tables, tiny_synthetic):
 
 
 def test_user_inputs_converted_once_per_call_and_shared_by_both_requests(server, tables,
-                                                                        tiny_synthetic):
+                                                                        users):
     """The retrieval request and the ranker's one_user request carry the user's row: it is
     converted once per recommend call (the same arrays go into both), with the values a
     Recommender that converts for each request sends; the next call converts afresh."""
-    u, ctx = _user(tiny_synthetic)
+    u, ctx = users(0)
 
     class Recording(Counting):
         def __init__(self, target):
@@ -328,16 +319,16 @@ def test_user_inputs_converted_once_per_call_and_shared_by_both_requests(server,
                                        else "serving_default")
             user = rec.users.get(u)
             user.update(ctx)
-            alone, _ = rec._build(model, sig, user, 1, skip=("k",))
+            alone, _ = rec.requests.build(model, sig, user, 1, skip=("k",))
             for name in shared:
                 np.testing.assert_array_equal(alone[name], sent[name])
 
 
-def test_recommend_many_and_asyncio_match_one_by_one(server, tables, tiny_synthetic):
+def test_recommend_many_and_asyncio_match_one_by_one(server, tables, tiny_synthetic, context):
     ds = tiny_synthetic
     users = ds.test.user_id.drop_duplicates().head(6).tolist()
-    ctxs = [_context(ds, u) for u in users]
-    with Recommender(server, tables, max_workers=3) as rec:
+    ctxs = [context(u) for u in users]
+    with Recommender(server, tables, options=ClientOptions(max_workers=3)) as rec:
         one = [rec.recommend(u, k=5, context=c, diversity=0.2) for u, c in zip(users, ctxs)]
         many = rec.recommend_many(users, ctxs, k=5, diversity=0.2)
 
@@ -354,19 +345,19 @@ def test_recommend_many_and_asyncio_match_one_by_one(server, tables, tiny_synthe
 def test_one_channel_per_target_shared_across_recommenders(server, tables):
     a = Recommender(server, tables)
     b = Recommender(server, tables, ranker=None)
-    assert a.client is b.client and _CHANNELS.open_targets()[server] >= 2
+    assert a.client is b.client and CHANNELS.open_targets()[server] >= 2
     res = b.recommend("u1", k=4)  # ranker=None: retrieval order, not degraded
     assert res.degraded is None and all(r.ranking_score is None for r in res.items)
     a.close()
     b.close()
     b.close()  # idempotent
-    assert server not in _CHANNELS.open_targets()
+    assert server not in CHANNELS.open_targets()
 
 
-def test_debug_logs_requests(server, tables, tiny_synthetic, caplog):
-    u, ctx = _user(tiny_synthetic)
+def test_debug_logs_requests(server, tables, users, caplog):
+    u, ctx = users(0)
     with caplog.at_level(logging.INFO, logger="recsys_tf.client"):
-        with Recommender(server, tables, debug=True) as rec:
+        with Recommender(server, tables, options=ClientOptions(debug=True)) as rec:
             rec.recommend(u, k=3, context=ctx, n_candidates=10)
     text = caplog.text
     assert "Predict two_tower" in text and "Predict deepfm" in text
@@ -381,15 +372,15 @@ def test_debug_logs_requests(server, tables, tiny_synthetic, caplog):
     assert "Predict" not in caplog.text
 
 
-def test_query_embedding_signature_searched_locally(server, tables, tiny_synthetic):
+def test_query_embedding_signature_searched_locally(server, tables, users):
     """A retrieval signature that returns only the query embedding: the client searches the
     exported item embeddings itself, and finds what the served brute-force index finds."""
-    u, ctx = _user(tiny_synthetic)
-    # a generous deadline: the first call of a signature the warm-up did not cover builds its
-    # graph on the server, which took over the default 2 s on a loaded 2-core machine
-    with Recommender(server, tables, ranker=None, timeout=30) as served, \
-            Recommender(server, tables, ranker=None, timeout=30,
-                        retrieval_signature="query_embedding") as local:
+    u, ctx = users(0)
+    # (the first call of a signature the warm-up did not cover builds its graph on the
+    # server, which took over the default 2 s on a loaded 2-core machine)
+    with Recommender(server, tables, ranker=None) as served, \
+            Recommender(server, tables, ranker=None,
+                        options=ClientOptions(retrieval_signature="query_embedding")) as local:
         a = served.recommend(u, k=10, context=ctx, n_candidates=10)
         b = local.recommend(u, k=10, context=ctx, n_candidates=10)
     assert a.degraded is None and b.degraded is None
@@ -405,15 +396,15 @@ def test_query_embedding_signature_searched_locally(server, tables, tiny_synthet
         assert {**score_a, **score_b}[item] == pytest.approx(listed_a[-1], rel=1e-5)
 
 
-def test_pinned_ranker_versions(server, tables, tiny_synthetic):
-    u, ctx = _user(tiny_synthetic)
-    with Recommender(server, tables, ranker_version=1) as rec:
+def test_pinned_ranker_versions(server, tables, users):
+    u, ctx = users(0)
+    with Recommender(server, tables, options=ClientOptions(ranker_version=1)) as rec:
         res = rec.recommend(u, k=3, context=ctx)
     assert res.degraded is None and res.models["ranker"]["version"] == 1
-    with Recommender(server, tables, ranker_version=7) as rec:
+    with Recommender(server, tables, options=ClientOptions(ranker_version=7)) as rec:
         res = rec.recommend(u, k=3, context=ctx)
     assert res.degraded == "ranker failed (NOT_FOUND): retrieval order"
-    with Recommender(server, tables, ranker_label="canary") as rec:
+    with Recommender(server, tables, options=ClientOptions(ranker_label="canary")) as rec:
         res = rec.recommend(u, k=3, context=ctx)
     assert res.degraded == "ranker failed (INVALID_ARGUMENT): retrieval order"
     assert "canary" in res.failures["ranking"]
@@ -452,21 +443,24 @@ def test_in_memory_item_store_unknown_ids_and_popularity():
         InMemoryItemStore(rows + rows[:1], "id")
 
 
+class HashedId(str):
+    """An item id that notes every time it is hashed: once per dictionary lookup of it."""
+
+    hashed = []
+
+    def __hash__(self):
+        HashedId.hashed.append(str(self))
+        return str.__hash__(self)
+
+
 def test_item_store_looks_a_tuple_of_candidates_up_once_per_thread():
     import threading
 
-    rows = [{"id": i, "cat": c} for i, c in zip("abcd", "xyxz")]
+    rows = [{"id": HashedId(i), "cat": c} for i, c in zip("abcd", "xyxz")]
     store = InMemoryItemStore(rows, "id", embeddings=np.arange(8.0).reshape(4, 2))
-    lookups = []
-    real = dict(store._pos)
-
-    class Counting(dict):
-        def __getitem__(self, key):
-            lookups.append(key)
-            return real[key]
-
-    store._pos = Counting(real)
-    ids = ("c", "a", "d")
+    lookups = HashedId.hashed
+    lookups.clear()
+    ids = tuple(map(HashedId, "cad"))
     first = store.positions(ids)
     assert first.tolist() == [2, 0, 3] and not first.flags.writeable
     # the three calls of one request: one lookup per id in all
@@ -475,12 +469,12 @@ def test_item_store_looks_a_tuple_of_candidates_up_once_per_thread():
     np.testing.assert_array_equal(store.vectors(ids), [[4, 5], [0, 1], [6, 7]])
     assert lookups == ["c", "a", "d"]
     # an equal but other tuple, and lists (which can change in place), are looked up again
-    other = tuple(["c", "a", "d"])
+    other = tuple(map(HashedId, "cad"))
     again = store.positions(other)
     assert again.tolist() == [2, 0, 3] and again is not first
-    names = ["b", "a"]
+    names = [HashedId("b"), HashedId("a")]
     assert store.positions(names).tolist() == [1, 0]
-    names[0] = "d"
+    names[0] = HashedId("d")
     assert store.positions(names).tolist() == [3, 0]
     assert len(lookups) == 3 + 3 + 2 + 2
     # a list does not replace the thread's last tuple; another thread keeps its own
@@ -490,7 +484,6 @@ def test_item_store_looks_a_tuple_of_candidates_up_once_per_thread():
     worker.join()
     assert seen == [[1]] and store.positions(other) is again
     # the memo does not stop the store from being pickled or copied
-    store._pos = real
     import copy
     import pickle
 
@@ -502,8 +495,10 @@ def test_item_store_looks_a_tuple_of_candidates_up_once_per_thread():
 def test_item_store_gives_the_rows_of_retrieved_ids_with_them():
     """Ids as Predict returns them (bytes) -> the table's own id objects and their rows in one
     dictionary pass; remembered for the tuple the pipeline builds, no second lookup."""
-    rows = [{"id": i, "cat": c} for i, c in zip(["i1", "i22", "i3"], "xyz")]
+    rows = [{"id": HashedId(i), "cat": c} for i, c in zip(["i1", "i22", "i3"], "xyz")]
     store = InMemoryItemStore(rows, "id")
+    lookups = HashedId.hashed
+    lookups.clear()
     answer = np.array([b"i3", b"i1", b"i22"], dtype=object)
     ids, where = store.ids_and_rows(answer)
     assert ids == ["i3", "i1", "i22"] and where.tolist() == [2, 0, 1]
@@ -514,19 +509,20 @@ def test_item_store_gives_the_rows_of_retrieved_ids_with_them():
     assert store.ids_and_rows(np.array([1, 2])) is None
     kept = tuple(ids[:2])
     store.remember(kept, where[:2])
-    store._pos = {}     # any lookup from here on would fail
+    lookups.clear()
     assert store.get(kept)["cat"].tolist() == ["z", "x"]
     assert store.wire(kept)["id"].tolist() == [b"i3", b"i1"]
+    assert lookups == []    # no id of the remembered tuple was looked up again
 
 
-def test_scann_retrieval_model(server, trained, tiny_synthetic):
+def test_scann_retrieval_model(server, trained, users):
     """two_tower_scann (ScaNN ops inside the SavedModel) through the same client; its model
     card's index_k caps what the client asks for."""
     scann_path = trained["two_tower"][0].get("scann_export_path")
     if not scann_path:
         pytest.skip("ScaNN is not installed: no two_tower_scann export")
     scann_tables = os.path.join(scann_path, "assets.extra")
-    u, ctx = _user(tiny_synthetic)
+    u, ctx = users(0)
     with Recommender(server, scann_tables, retrieval_model="two_tower_scann",
                      ranker=None) as rec, \
             Recommender(server, scann_tables, ranker=None) as exact:
@@ -537,7 +533,7 @@ def test_scann_retrieval_model(server, trained, tiny_synthetic):
     overlap = len({r.item_id for r in a.items} & {r.item_id for r in b.items})
     assert overlap >= 8  # tuned for recall@10 >= 0.95 against exact search
     with Recommender(server, scann_tables, retrieval_model="two_tower_scann", ranker=None,
-                     max_retrieval_k=12) as rec:
+                     options=ClientOptions(max_retrieval_k=12)) as rec:
         res = rec.recommend(u, k=10, context=ctx, n_candidates=40)
     assert res.degraded is None and max(r.reasons["retrieval_rank"] for r in res.items) <= 12
 
@@ -549,7 +545,6 @@ import shutil  # noqa: E402
 
 import grpc  # noqa: E402
 
-from recsys_tf.client.requests import _input  # noqa: E402
 
 LABELLED_CONFIG = """
 model_config_list {
@@ -585,8 +580,10 @@ def labelled_server(trained, tmp_path_factory):
 
 def _unknown_rows(model, sig, rows=2):
     """A request for ``sig`` with every input unknown ("" / 0 / NaN), built as the client
-    builds one."""
-    return {n: _input(model, n, spec, [None], rows, True) for n, spec in sig["inputs"].items()}
+    builds one for a user it knows nothing of."""
+    inputs, missing = RequestBuilder().build(model, sig, {}, rows)
+    assert sorted(missing) == sorted(sig["inputs"])
+    return inputs
 
 
 def test_predict_with_version_reports_the_version_that_answered(server):
@@ -672,11 +669,11 @@ class NoVersion:
 
 
 def test_result_records_the_ranker_version_that_answered(labelled_server, tables,
-                                                          tiny_synthetic):
-    u, ctx = _user(tiny_synthetic)
+                                                          users):
+    u, ctx = users(0)
     scores = {}
     for label, version in (("stable", 1), ("canary", 2)):
-        with Recommender(labelled_server, tables, ranker_label=label) as rec:
+        with Recommender(labelled_server, tables, options=ClientOptions(ranker_label=label)) as rec:
             res = rec.recommend(u, k=4, context=ctx, n_candidates=10)
         assert res.degraded is None, res.degraded
         assert res.models["ranker"] == {"name": "deepfm", "version": version, "label": label,
@@ -694,7 +691,8 @@ def test_result_records_the_ranker_version_that_answered(labelled_server, tables
         res = Recommender(labelled_server, tables, client=stand_in).recommend(
             u, k=4, context=ctx, n_candidates=10)
         assert res.degraded is None and res.models["ranker"]["version"] == 2
-        res = Recommender(labelled_server, tables, client=stand_in, ranker_label="stable"
+        res = Recommender(labelled_server, tables, client=stand_in,
+                          options=ClientOptions(ranker_label="stable")
                           ).recommend(u, k=4, context=ctx, n_candidates=10)
         assert res.degraded is None
         assert res.models["ranker"] == {"name": "deepfm", "version": None, "label": "stable",
@@ -704,12 +702,12 @@ def test_result_records_the_ranker_version_that_answered(labelled_server, tables
 
 
 def test_a_custom_item_store_gets_lists_and_its_wire_columns_are_converted(server, tables,
-                                                                            tiny_synthetic):
+                                                                            users):
     """A feature store of one's own (the ItemStore interface) sees lists of ids, and a
     ``wire`` that returns plain lists of str still makes the same ranker request."""
-    from recsys_tf.client.recommender import ItemStore
+    from recsys_tf.client import ItemStore
 
-    u, ctx = _user(tiny_synthetic)
+    u, ctx = users(0)
     inner = InMemoryItemStore.from_dir(tables, "item_id")
     seen_types = set()
 
