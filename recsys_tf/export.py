@@ -13,7 +13,9 @@ Layout, exactly as TensorFlow Serving expects::
 Versions are integers; a new export takes the next one. Rankers export ``serving_default``:
 raw features (input names = FeatureSet names) -> ``probability``, and ``one_user``: the same
 with the user and context features given once (one row) for all the candidates' rows, which
-the signature repeats in-graph (see :func:`export_ranker`). Retrieval models export
+the signature repeats in-graph (see :func:`export_ranker`), and ``examples``: serialized
+``tf.Example``s -> ``outputs``, a regression signature TF Serving's Regress API serves.
+Retrieval models export
 ``serving_default``: query features + ``k`` -> ``item_ids``, ``scores`` (brute force, stock ops
 only) and ``query_embedding``: query features -> ``embedding``; the ScaNN flavour
 (:func:`export_scann_retrieval`, ``<export_root>/two_tower_scann/<version>``) has the same
@@ -34,11 +36,15 @@ from recsys_tf.backend import tf
 from recsys_tf.wire.contract import (
     ASSETS_EXTRA,
     DEFAULT_SIGNATURE,
+    EXAMPLES_INPUT,
+    EXAMPLES_SIGNATURE,
     ITEM_EMBEDDINGS_FILE,
     ITEMS_FILE,
     MODEL_CARD_FILE,
     ONE_USER_SIGNATURE,
     QUERY_SIGNATURE,
+    REGRESS_METHOD,
+    REGRESSION_OUTPUT,
     USERS_FILE,
     WARMUP_FILE,
 )
@@ -157,6 +163,11 @@ def export_ranker(model, export_root, name, card=None, warmup_inputs=None, versi
     same inputs and output, but the user and context features are one row ``[1, ...]``
     that stands for every candidate row (:func:`one_user_signature`), so a request scoring
     500 candidates for one user carries the user's features once instead of 500 times.
+    ``examples``: a ``[batch]`` string tensor ``inputs`` of serialized ``tf.Example``s (the
+    features as :mod:`recsys_tf.examples` lays them out) -> ``{"outputs": [batch]}``, the
+    same probability as ``serving_default``; its method name is TF Serving's
+    ``tensorflow/serving/regress`` (:func:`examples_signature`), so TF Serving's Regress
+    (and MultiInference) serve it.
     ``warmup_inputs`` (sample rows by feature name) become warmup records: three one-row
     requests and one of each of ``warmup_batch_sizes`` rows (:func:`write_warmup`).
     """
@@ -171,12 +182,66 @@ def export_ranker(model, export_root, name, card=None, warmup_inputs=None, versi
     one_user = one_user_signature(model, specs)
     if one_user is not None:
         fns[ONE_USER_SIGNATURE] = one_user
+    fns[EXAMPLES_SIGNATURE] = examples_signature(model, specs)
     final = path
     with _staged(final) as path:
         tf.saved_model.save(model, path, signatures=fns)
+        set_method_names(path, {EXAMPLES_SIGNATURE: REGRESS_METHOD})
         _ranker_extras(model, path, name, version, fns, card, warmup_inputs,
                        warmup_batch_sizes)
     return final
+
+
+def examples_signature(model, specs):
+    """The ranker ``model`` on serialized ``tf.Example``s, as a concrete function.
+
+    Input ``inputs``: ``[batch]`` strings, each a ``tf.Example`` holding the features of
+    ``specs`` (parsed by :func:`recsys_tf.examples.parse_examples`); output ``outputs``: the
+    probability ``[batch]``, as ``serving_default`` answers on the same rows. These are the
+    input and output keys TF Serving's Regress API requires.
+    """
+    from recsys_tf.examples import parse_examples
+
+    fs, names = model.feature_set, list(specs)
+
+    @tf.function
+    def examples(inputs):
+        parsed = parse_examples(fs, names, inputs)
+        return {REGRESSION_OUTPUT: model(parsed, training=False)}
+
+    return examples.get_concrete_function(
+        **{EXAMPLES_INPUT: tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)})
+
+
+def set_method_names(path, methods):
+    """Set the ``method_name`` of signatures of the SavedModel at ``path`` (``{signature:
+    method}``) and rewrite its fingerprint.
+
+    ``tf.saved_model.save`` gives every signature TF Serving's Predict method name; Classify
+    and Regress signatures need theirs (TF Serving checks it under
+    ``--enable_signature_method_name_check``). The method name is metadata only: the
+    SavedModel reloads the same with ``tf.saved_model.load`` and with TF1's
+    ``tf.compat.v1.saved_model.loader.load``.
+    """
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    pb = os.path.join(path, "saved_model.pb")
+    saved = saved_model_pb2.SavedModel()
+    with open(pb, "rb") as f:
+        saved.ParseFromString(f.read())
+    for meta_graph in saved.meta_graphs:
+        for name, method in methods.items():
+            if name not in meta_graph.signature_def:
+                raise KeyError(f"signature {name!r} not in {path}; signatures are "
+                               f"{sorted(meta_graph.signature_def)}")
+            meta_graph.signature_def[name].method_name = method
+    with open(pb, "wb") as f:
+        f.write(saved.SerializeToString())
+    if os.path.exists(os.path.join(path, "fingerprint.pb")):
+        # the fingerprint holds a checksum of saved_model.pb: write it anew (TF's own writer)
+        from tensorflow.python.saved_model import fingerprinting_utils
+
+        fingerprinting_utils.write_fingerprint(path)
 
 
 def one_user_signature(model, specs):

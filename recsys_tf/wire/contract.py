@@ -11,6 +11,16 @@ imports nothing else.
 DEFAULT_SIGNATURE = "serving_default"   # TF Serving's default: the ranker's / retriever's call
 ONE_USER_SIGNATURE = "one_user"         # a ranker's user + context inputs as one row
 QUERY_SIGNATURE = "query_embedding"     # a retriever's query tower alone
+EXAMPLES_SIGNATURE = "examples"         # a ranker on serialized tf.Examples (TF Serving's Regress)
+
+# -- TF Serving's Classify / Regress signatures (tensorflow/cc/saved_model/signature_constants.h)
+PREDICT_METHOD = "tensorflow/serving/predict"
+CLASSIFY_METHOD = "tensorflow/serving/classify"
+REGRESS_METHOD = "tensorflow/serving/regress"
+EXAMPLES_INPUT = "inputs"               # Classify / Regress: the serialized tf.Example strings
+CLASSES_OUTPUT = "classes"              # Classify: class labels [batch, classes] (string)
+CLASS_SCORES_OUTPUT = "scores"          # Classify: class scores [batch, classes] (float)
+REGRESSION_OUTPUT = "outputs"           # Regress: one value per example [batch] or [batch, 1]
 
 # -- outputs -----------------------------------------------------------------------------
 PROBABILITY_OUTPUT = "probability"      # a ranker: click probability per row
