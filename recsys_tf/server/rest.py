@@ -12,12 +12,11 @@ Routes, bodies, answers and error texts follow TF Serving's HTTP front end:
   (columnar: an object of whole tensors; answered with ``{"outputs": ...}``). Strings may be
   sent as ``{"b64": "..."}``; outputs whose name ends in ``_bytes`` come back that way;
 * ``POST /v1/models/NAME[...]:classify`` / ``:regress`` with ``{"signature_name": ...,
-  "context": {feature: value}, "examples": [{feature: value}, ...]}``: each example (and the
-  context) becomes a ``tf.Example`` (a JSON string or ``{"b64": ...}`` a bytes feature, an
-  integer an int64 feature, any other number a float feature; a list of them a list), the
-  ``ClassificationRequest`` / ``RegressionRequest`` goes to the server's inference service,
-  and the answer is ``{"results": [[[label, score], ...], ...]}`` (classify) or
-  ``{"results": [value, ...]}`` (regress);
+  "context": {feature: value}, "examples": [{feature: value}, ...]}``: turned into a
+  ``ClassificationRequest`` / ``RegressionRequest`` of ``tf.Example``s by
+  ``recsys_tf.server.inference``'s JSON helpers, answered by the server's inference service,
+  as ``{"results": [[[label, score], ...], ...]}`` (classify) or ``{"results": [value, ...]}``
+  (regress);
 * ``GET /monitoring/prometheus/metrics`` (path configurable) -- request counts and latency.
 
 Errors are ``{"error": "<message>"}`` with TF Serving's HTTP mapping of the status code:
@@ -48,16 +47,13 @@ import grpc
 import numpy as np
 from google.protobuf import json_format
 from tensorflow.core.framework import types_pb2
-from tensorflow.core.example import example_pb2, feature_pb2
 from tensorflow_serving.apis import (
-    classification_pb2,
     get_model_metadata_pb2,
     get_model_status_pb2,
-    input_pb2,
     model_pb2,
-    regression_pb2,
 )
 
+from recsys_tf.server import inference
 from recsys_tf.wire import codec
 from recsys_tf.wire.contract import DEFAULT_SIGNATURE, METADATA_SIGNATURE_DEF
 from recsys_tf.wire.errors import ServingError, invalid
@@ -497,18 +493,21 @@ class RestServer:
             raise invalid(f"JSON Value: {_jstr(doc)} Is not object")
         return doc
 
+    @staticmethod
+    def _url_spec(spec) -> tuple:
+        """(model, version, label) of a URL's model spec, as the JSON helpers take them."""
+        version = spec.version.value if spec.WhichOneof("version_choice") == "version" \
+            else None
+        return spec.name, version, spec.version_label or None
+
     def _classify(self, spec, body: Optional[bytes]) -> dict:
-        request = classification_pb2.ClassificationRequest(model_spec=spec)
-        _fill_input(request, self._document(body))
-        response = self.prediction.classify(request)
-        return {"results": [[[c.label, _json_float(c.score)] for c in classes.classes]
-                            for classes in response.result.classifications]}
+        request = inference.classification_request_from_json(body or b"",
+                                                             *self._url_spec(spec))
+        return inference.classify_response_to_json(self.prediction.classify(request))
 
     def _regress(self, spec, body: Optional[bytes]) -> dict:
-        request = regression_pb2.RegressionRequest(model_spec=spec)
-        _fill_input(request, self._document(body))
-        response = self.prediction.regress(request)
-        return {"results": [_json_float(r.value) for r in response.result.regressions]}
+        request = inference.regression_request_from_json(body or b"", *self._url_spec(spec))
+        return inference.regress_response_to_json(self.prediction.regress(request))
 
     def _predict(self, spec, body: Optional[bytes]) -> dict:
         doc = self._document(body)
@@ -542,58 +541,6 @@ class RestServer:
             raise invalid("Missing 'inputs' or 'instances' key")
         outputs = self.runner.run(ver, name, arrays)
         return outputs_to_json(outputs, row_format=has_instances)
-
-
-# --------------------------------------------------------------------------- classify / regress
-def _json_float(value: float) -> float:
-    return float(str(np.float32(value)))  # float32's shortest text, as TF Serving writes
-
-
-def _feature(name: str, value) -> feature_pb2.Feature:
-    """A JSON value (a leaf or a list of leaves) as a ``tf.train.Feature``."""
-    leaves = value if isinstance(value, list) else [value]
-    feature = feature_pb2.Feature()
-    if not leaves:
-        return feature
-    if all(isinstance(v, str) or _is_b64(v) for v in leaves):
-        feature.bytes_list.value.extend(
-            _scalar(v, _DT.DT_STRING) for v in leaves)
-    elif all(isinstance(v, int) and not isinstance(v, bool) for v in leaves):
-        feature.int64_list.value.extend(leaves)
-    elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in leaves):
-        feature.float_list.value.extend(float(v) for v in leaves)
-    else:
-        raise invalid(f"Unsupported JSON value for feature {name}: {_jstr(value)} (expected "
-                      "strings, {\"b64\": ...}, integers or numbers, or a list of one kind)")
-    return feature
-
-
-def _example(obj, where: str) -> example_pb2.Example:
-    if not isinstance(obj, dict):
-        raise invalid(f"JSON Value: {_jstr(obj)} in {where} is not an object of features")
-    example = example_pb2.Example()
-    for name, value in obj.items():
-        example.features.feature[name].CopyFrom(_feature(name, value))
-    return example
-
-
-def _fill_input(request, doc: dict) -> None:
-    """``request.input`` (and signature) from TF Serving's classify/regress JSON."""
-    signature = doc.get("signature_name", "")
-    if not isinstance(signature, str):
-        raise invalid(f"JSON Value: {_jstr(doc)} not formatted correctly. 'signature_name' "
-                      "key must be a string value.")
-    request.model_spec.signature_name = signature
-    examples = doc.get("examples")
-    if not isinstance(examples, list):
-        raise invalid(f"JSON Value: {_jstr(doc)} Excepting 'examples' to be an list/array")
-    rows = [_example(e, "'examples'") for e in examples]
-    if "context" in doc:
-        target: input_pb2.ExampleListWithContext = request.input.example_list_with_context
-        target.context.CopyFrom(_example(doc["context"], "'context'"))
-        target.examples.extend(rows)
-    else:
-        request.input.example_list.examples.extend(rows)
 
 
 def _ssl_context(ssl_config) -> ssl.SSLContext:

@@ -6,7 +6,7 @@ codes, so a client written against TF Serving works unchanged against it:
 
 * gRPC ``tensorflow.serving.PredictionService``: ``Predict`` (with ``output_filter``) and
   ``GetModelMetadata`` (``signature_def``); ``Classify``, ``Regress`` and ``MultiInference``
-  go to the inference service the server is given (default: UNIMPLEMENTED);
+  on serialized ``tf.Example``s (``recsys_tf.server.inference``);
 * gRPC ``tensorflow.serving.ModelService``: ``GetModelStatus`` and
   ``HandleReloadConfigRequest``;
 * the REST API on ``rest_api_port`` (``recsys_tf.server.rest``): ``/v1/models/NAME[/versions/N
@@ -76,6 +76,7 @@ from recsys_tf.server.flags import (  # noqa: F401  (re-exported)
     PROMETHEUS_PATH,
     add_server_arguments,
 )
+from recsys_tf.server.inference import InferenceService
 from recsys_tf.server.loader import VersionLoader
 from recsys_tf.server.metrics import Metrics
 from recsys_tf.server.options import INT32_MAX, ServerOptions
@@ -84,7 +85,6 @@ from recsys_tf.server.runner import Runner
 from recsys_tf.server.services import (
     ModelService,
     PredictionService,
-    UnimplementedInference,
     grpc_handler,
 )
 from recsys_tf.wire.errors import ServingError
@@ -118,7 +118,7 @@ class ModelServer:
       options: a ``ServerOptions`` (then no keywords).
       inference: the object answering Classify / Regress / MultiInference (anything with
         ``classify``, ``regress`` and ``multi_inference`` methods taking the request protos);
-        default ``UnimplementedInference()``.
+        default ``InferenceService(registry, runner)`` (``recsys_tf.server.inference``).
       **keywords: ``ServerOptions`` fields, when ``options`` is not given.
 
     The parts, public attributes: ``options``, ``metrics``, ``runner``, ``loader``,
@@ -139,7 +139,7 @@ class ModelServer:
                                     options.warmup, options.num_request_iterations_for_warmup)
         self.registry = Registry(options, self.loader, self.metrics)
         if inference is None:
-            inference = UnimplementedInference()
+            inference = InferenceService(self.registry, self.runner)
         self.prediction = PredictionService(self.registry, self.runner, inference)
         self.model_service = ModelService(self.registry)
         self._grpc_server = None

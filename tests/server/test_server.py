@@ -288,10 +288,16 @@ def test_malformed_tensor_is_invalid_argument(stub):
                   stub=stub)
 
 
-def test_classify_is_unimplemented(stub):
+def test_classify_on_a_signature_without_examples_is_refused(stub):
+    """The toy's signatures take raw features, not serialized tf.Examples: TF Serving's
+    Classify refuses them (the inference service itself: test_inference.py)."""
     req = classification_pb2.ClassificationRequest()
     req.model_spec.name = "toy"
-    _expect_error(stub.Classify, req, grpc.StatusCode.UNIMPLEMENTED, "Classify", stub=stub)
+    req.input.example_list.examples.add()
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Classify(req, timeout=10)
+    assert info.value.code() in (grpc.StatusCode.INVALID_ARGUMENT,
+                                 grpc.StatusCode.FAILED_PRECONDITION), info.value.details()
 
 
 def test_concurrent_predicts(client):

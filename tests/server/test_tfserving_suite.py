@@ -10,7 +10,6 @@ models it reads (TF Serving's, Apache 2.0). Skipped when that folder is absent.
 * slow: the whole suite (``run.sh``) against the installed ``recsys-tf``, which must end with
   no failure. ``NOT_APPLICABLE`` lists the tests left out here, with the reason.
 """
-import importlib.util
 import json
 import os
 import shutil
@@ -37,16 +36,6 @@ NOT_APPLICABLE = {
         "-- against this server's loopback-only default -- and on another port than the one "
         "the test traces",
 }
-
-
-# Classify / Regress / MultiInference are answered by recsys_tf/server/inference.py; until that
-# module is part of the package the server answers them UNIMPLEMENTED.
-INFERENCE_TESTS = ("testClassify", "testClassifyTf2", "testRegress", "testRegressTf2",
-                   "testMultiInference", "testMultiInferenceTf2", "testClassifyREST",
-                   "testRegressREST")
-if importlib.util.find_spec("recsys_tf.server.inference") is None:
-    NOT_APPLICABLE.update({name: "needs the inference service (recsys_tf/server/inference.py)"
-                           for name in INFERENCE_TESTS})
 
 
 def _suite_tests():
