@@ -28,10 +28,7 @@ Two deliberate differences from TF Serving: a request with an input without a ba
 dimension (a scalar such as a retrieval model's ``k``), or whose inputs differ in their first
 dimension (a ranker's ``one_user`` signature), runs unbatched instead of being refused; and
 when a batch fails its requests are retried one by one, so one malformed request cannot fail
-the well-formed requests it was batched with. One addition: a loading version's
-model is run once at each size in ``BatchingOptions.warm_sizes()`` (every allowed batch size,
-else the largest batch), since a model's first run at a batch size it has not run before is
-slow (TF Serving leaves that to the warmup requests a model ships).
+the well-formed requests it was batched with.
 """
 from __future__ import annotations
 
@@ -50,29 +47,15 @@ from recsys_tf.wire.errors import ServingError
 
 log = logging.getLogger(__name__)
 
-Arrays = Dict[str, object]  # numpy arrays, or TensorFlow eager tensors (never mixed in a queue)
+Arrays = Dict[str, np.ndarray]
 
 
-def _is_numpy(array) -> bool:
-    return isinstance(array, (np.ndarray, np.generic))
+def _concat(parts: list) -> np.ndarray:
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
-def _concat(parts: list):
-    if len(parts) == 1:
-        return parts[0]
-    if _is_numpy(parts[0]):
-        return np.concatenate(parts)
-    import tensorflow as tf
-
-    return tf.concat(parts, 0)
-
-
-def _repeat_first(array, n: int):
-    if _is_numpy(array):
-        return np.repeat(array[:1], n, axis=0)
-    import tensorflow as tf
-
-    return tf.repeat(array[:1], n, axis=0)
+def _repeat_first(array: np.ndarray, n: int) -> np.ndarray:
+    return np.repeat(array[:1], n, axis=0)
 
 
 def _inner_shape(array) -> tuple:
@@ -113,11 +96,6 @@ class BatchingOptions:
         if self.enable_large_batch_splitting and self.max_execution_batch_size:
             return int(self.max_execution_batch_size)
         return int(self.max_batch_size)
-
-    def warm_sizes(self) -> Tuple[int, ...]:
-        """The batch sizes (rows) batches run at that a loading version is warmed at: every
-        allowed batch size, else the largest batch (what a full queue runs)."""
-        return tuple(self.allowed_batch_sizes) or (self.execution_size,)
 
     def validate(self) -> None:
         if self.max_batch_size < 1:
@@ -193,7 +171,7 @@ class BatchExecutor:
 
 
 class ArrayExecutor(BatchExecutor):
-    """Tasks are ``{input: array}`` dicts (numpy arrays or eager tensors) sharing a first
+    """Tasks are ``{input: array}`` dicts of numpy arrays sharing a first
     dimension; ``run`` maps such a dict to ``{output: array}`` with the same first dimension."""
 
     def __init__(self, run: Callable[[Arrays], Arrays], pad_inner: bool = False):
@@ -269,17 +247,6 @@ class BatchScheduler:
                                f"Task size {size} is larger than maximum input batch size "
                                f"{self.options.max_batch_size}")
 
-    def submit(self, key: tuple, executor: BatchExecutor, payload, size: int):
-        """Run one task of ``size`` rows with others of the same ``key``; blocks; returns its
-        result. ``key`` must identify tasks that can be concatenated (servable, signature,
-        outputs, non-batch dimensions)."""
-        self._check_size(size)
-        if size == 0:
-            return executor.execute_one(payload)
-        task = _Task(payload, size)
-        self._enqueue(key, executor, [task])
-        return self._wait(task)
-
     def run(self, key: tuple, run: Callable[[Arrays], Arrays], inputs: Arrays) -> Arrays:
         """Run ``run(inputs)`` as part of a batch; blocks; returns this request's outputs.
 
@@ -294,7 +261,7 @@ class BatchScheduler:
         if size == 0:
             return run(inputs)
         shape_key = tuple(sorted(
-            (name, str(array.dtype), _is_numpy(array),
+            (name, str(array.dtype),
              array.ndim if opts.pad_variable_length_inputs else _inner_shape(array))
             for name, array in inputs.items()))
         full_key = (key, shape_key)
@@ -442,7 +409,6 @@ def _pad_inner(parts: list) -> list:
     """Pad non-batch dimensions to the largest in the batch with each tensor's first element."""
     if len({_inner_shape(p) for p in parts}) <= 1:
         return parts
-    parts = [p if _is_numpy(p) else p.numpy() for p in parts]
     target = tuple(max(p.shape[d] for p in parts) for d in range(1, parts[0].ndim))
     out = []
     for p in parts:

@@ -63,6 +63,9 @@ def add_server_arguments(parser: argparse.ArgumentParser,
     g = parser.add_argument_group("network (TF Serving flags)")
     _flag(g, "--port", type=int, default=8500,
           help="gRPC port (default 8500; 0 picks a free port)")
+    _flag(g, "--grpc_socket_path", default="", metavar="PATH",
+          help="also serve gRPC on this Unix domain socket (clients dial unix:PATH; default "
+          "none)")
     _flag(g, "--rest_api_port", type=int, default=0, metavar="PORT",
           help="REST API port: /v1/models/... and Prometheus metrics; 0 disables it (default 0)")
     _flag(g, "--rest_api_num_threads", type=int, default=0, metavar="N",
@@ -87,6 +90,10 @@ def add_server_arguments(parser: argparse.ArgumentParser,
           help="BatchingParameters text proto (max_batch_size, batch_timeout_micros, "
           "max_enqueued_batches, num_batch_threads, allowed_batch_sizes, "
           "pad_variable_length_inputs); needs --enable_batching")
+    _flag(g, "--enable_serialization_as_tensor_content", type=_bool, nargs="?", const=True,
+          default=False, metavar="BOOL",
+          help="answer Predict with outputs in tensor_content instead of the typed fields "
+          "(float_val, int64_val, string_val, ...); default false, as TF Serving")
     _flag(g, "--tensorflow_session_parallelism", type=int, default=0, metavar="N",
           help="TensorFlow intra- and inter-op threads (0: automatic)")
     _flag(g, "--tensorflow_intra_op_parallelism", type=int, default=0, metavar="N",

@@ -11,26 +11,31 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import grpc
 import numpy as np
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from recsys_tf.wire.errors import invalid, not_found
 from recsys_tf.server.loader import (
-    _inside,
-    _is_url,
-    _join,
-    _listdir,
-    _load_error,
-    _saved_model_file,
-    _stamp,
-    _Version,
+    Version,
+    VersionLoader,
+    inside,
+    is_url,
+    join,
+    listdir,
+    load_error,
+    parent,
+    saved_model_file,
+    stamp,
 )
+from recsys_tf.server.metrics import Metrics
+from recsys_tf.server.options import ServerOptions
+from recsys_tf.wire.errors import invalid, not_found
 
 # The whole server logs under one name, whichever module a message comes from.
 log = logging.getLogger("recsys_tf.server.server")
@@ -99,7 +104,7 @@ class _Model:
     policy: _Policy = field(default_factory=_Policy)
     labels: Dict[str, int] = field(default_factory=dict)
     # Replaced wholesale (never mutated) so a reader's snapshot stays consistent.
-    versions: Dict[int, _Version] = field(default_factory=dict)
+    versions: Dict[int, Version] = field(default_factory=dict)
     # version -> (state name, status code, message): what GetModelStatus reports; versions
     # that were served and let go stay as END, as TF Serving's state monitor keeps them.
     states: Dict[int, Tuple[str, grpc.StatusCode, str]] = field(default_factory=dict)
@@ -115,17 +120,63 @@ def check_model_name(name: str) -> None:
                          "and '-' (no path separators, no '..')")
 
 
-class ModelRegistry:
-    """``ModelServer``'s served models: configuration, rescans, hot swap, polling, lookup."""
+class Registry:
+    """The served models: configuration, rescans, hot swap, polling, lookup.
+
+    Args:
+      options: the ``ServerOptions`` (models, version policy, root, polling, load retries).
+      loader: the ``VersionLoader`` that loads one version.
+      metrics: the ``Metrics`` load attempts are counted in.
+    """
+
+    def __init__(self, options: ServerOptions, loader: VersionLoader, metrics: Metrics):
+        self.loader = loader
+        self.metrics = metrics
+        self.poll_seconds = options.poll_seconds
+        self.config_poll_seconds = options.model_config_file_poll_wait_seconds
+        self.max_load_retries = options.max_num_load_retries
+        self.load_retry_interval = options.load_retry_interval
+        self._lock = threading.RLock()  # guards _models and each model's maps
+        self._reload_lock = threading.Lock()  # one rescan at a time
+        self._models: Dict[str, _Model] = {}
+        self._root: Optional[str] = None
+        self._root_policy = _Policy.parse(options.version_policy)
+        self._config_file: Optional[str] = None
+        self._config_text: Optional[str] = None
+        self._config_dir = os.getcwd()
+        self.loaded_once = False
+        self._stop_polling = threading.Event()
+        self._poller: Optional[threading.Thread] = None
+        model_root = options.model_root
+        if options.model_config_file is not None:
+            self._config_file = os.path.abspath(options.model_config_file)
+            self._config_dir = os.path.dirname(self._config_file)
+            self._config_text = self._read_config_text(self._config_file)
+            config = self._parse_config(self._config_text, self._config_file)
+            self._roots = [model_root] if model_root else sorted(
+                {parent(self._abs(c.base_path)) for c in config.model_config_list.config}) \
+                or [self._config_dir]
+            self._apply_config(config)
+        elif options.model_name is not None:
+            check_model_name(options.model_name)
+            base = self._abs(options.model_base_path)
+            self._roots = [model_root or parent(base)]
+            self._check_root(base, options.model_name)
+            self._models[options.model_name] = _Model(options.model_name, base,
+                                                      self._root_policy)
+        else:
+            self._root = self._abs(options.model_base_path)
+            self._roots = [model_root or self._root]
+            self._check_root(self._root, "(root)")
 
     # ----------------------------------------------------------------- configuration
     def _abs(self, path: str) -> str:
-        if _is_url(path) or os.path.isabs(path):
+        if is_url(path) or os.path.isabs(path):
             return path
         return os.path.normpath(os.path.join(self._config_dir, path))
 
     def _check_root(self, path: str, name: str) -> None:
-        if not any(_inside(path, root) for root in self._roots):
+        if not any(inside(path, root) for root in self._roots):
             raise ValueError(f"model {name}: base path {path} is outside the model root "
                              f"({', '.join(self._roots)})")
 
@@ -139,8 +190,9 @@ class ModelRegistry:
         config = model_server_config_pb2.ModelServerConfig()
         try:
             text_format.Parse(text, config)
-        except text_format.ParseError as exc:
-            raise ValueError(f"cannot parse model config {source}: {exc}") from exc
+        except text_format.ParseError as exc:  # TF Serving's (protobuf's) wording
+            raise ValueError(f"Error parsing text-format {config.DESCRIPTOR.full_name}: {exc} "
+                             f"(in {source})") from exc
         return config
 
     def _apply_config(self, config) -> None:
@@ -210,7 +262,7 @@ class ModelRegistry:
                     self._reload_model(model)
                 except Exception:  # one model's trouble must not stop the others
                     log.exception("rescan of model %s failed", model.name)
-            self._loaded_once = True
+            self.loaded_once = True
         return self.models()
 
     def _sync_root(self) -> None:
@@ -219,11 +271,11 @@ class ModelRegistry:
             names = {os.path.basename(root.rstrip("/")): root}
         else:
             names = {}
-            for name in _listdir(root):
+            for name in listdir(root):
                 if name.startswith(".") or not _NAME_RE.match(name) or ".." in name:
                     continue
-                folder = _join(root, name)
-                if any(sub.isdigit() for sub in _listdir(folder)):
+                folder = join(root, name)
+                if any(sub.isdigit() for sub in listdir(folder)):
                     names[name] = folder
         with self._lock:
             for name in sorted(set(self._models) - set(names)):
@@ -238,13 +290,13 @@ class ModelRegistry:
         """{version: folder} for every numeric sub-folder that holds a saved_model.pb and lies
         inside the model root (symlinks resolved)."""
         found = {}
-        for entry in _listdir(base_path):
+        for entry in listdir(base_path):
             if not entry.isdigit():
                 continue
-            folder = _join(base_path, entry)
-            if _saved_model_file(folder) is None:
+            folder = join(base_path, entry)
+            if saved_model_file(folder) is None:
                 continue
-            if not any(_inside(folder, root) for root in self._roots):
+            if not any(inside(folder, root) for root in self._roots):
                 log.error("model %s: version folder %s resolves outside the model root; "
                           "ignored", name, folder)
                 continue
@@ -268,25 +320,26 @@ class ModelRegistry:
             if version in current:
                 continue
             path = on_disk[version]
-            stamp = _stamp(path)
+            folder_stamp = stamp(path)
             failure = model.failures.get(version)
-            if failure is not None and failure.stamp == stamp and (
+            if failure is not None and failure.stamp == folder_stamp and (
                     failure.attempts > self.max_load_retries or now < failure.next_try):
                 continue  # failed before, unchanged since: retry only as configured
-            attempts = 1 if failure is None or failure.stamp != stamp else failure.attempts + 1
+            attempts = 1 if failure is None or failure.stamp != folder_stamp \
+                else failure.attempts + 1
             with self._lock:
                 model.states[version] = ("LOADING", grpc.StatusCode.OK, "")
             try:
-                new[version] = self._load_version(model.name, version, path)
+                new[version] = self.loader.load(model.name, version, path)
             except Exception as exc:
-                code, message = _load_error(exc)
+                code, message = load_error(exc)
                 log.error("failed to load model %s version %d from %s: %s: %s", model.name,
                           version, path, code.name, message.splitlines()[0] if message else "")
                 log.debug("load failure detail", exc_info=True)
                 self.metrics.record_load(path, code.name)
                 with self._lock:
                     model.states[version] = ("END", code, message)
-                    model.failures[version] = _Failure(stamp, attempts,
+                    model.failures[version] = _Failure(folder_stamp, attempts,
                                                        now + self.load_retry_interval)
                 continue
             self.metrics.record_load(path, "OK")
@@ -322,6 +375,22 @@ class ModelRegistry:
             return {name: sorted(m.versions) for name, m in self._models.items()}
 
     # ----------------------------------------------------------------- polling
+    def start_polling(self) -> None:
+        """Rescan the folders (and re-read the config file) in a thread, as configured."""
+        if self._poller is not None:
+            return
+        if self.poll_seconds > 0 or (self.config_poll_seconds > 0 and self._config_file):
+            self._stop_polling.clear()
+            self._poller = threading.Thread(target=self._poll, name="model-server-poll",
+                                            daemon=True)
+            self._poller.start()
+
+    def stop_polling(self) -> None:
+        self._stop_polling.set()
+        poller, self._poller = self._poller, None
+        if poller is not None:
+            poller.join(timeout=10)
+
     def _poll(self) -> None:
         next_fs = time.monotonic() + self.poll_seconds if self.poll_seconds > 0 else None
         next_cfg = time.monotonic() + self.config_poll_seconds \
@@ -363,7 +432,14 @@ class ModelRegistry:
         with self._lock:
             return name if name in self._models else ""
 
-    def resolve(self, spec) -> _Version:
+    def states(self, name: str) -> Dict[int, Tuple[str, grpc.StatusCode, str]]:
+        """``{version: (state, code, message)}`` of a model, as GetModelStatus reports them
+        (empty for an unknown model)."""
+        with self._lock:
+            model = self._models.get(name)
+            return dict(model.states) if model is not None else {}
+
+    def resolve(self, spec) -> Version:
         """The loaded version a ``ModelSpec`` asks for; raises NOT_FOUND / INVALID_ARGUMENT."""
         with self._lock:
             model = self._models.get(spec.name)

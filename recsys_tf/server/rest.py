@@ -10,8 +10,13 @@ Routes, bodies, answers and error texts follow TF Serving's HTTP front end:
   (row format: one entry per example, an object of named inputs or a bare value when the
   signature has one input; answered with ``{"predictions": [...]}``) or ``{"inputs": ...}``
   (columnar: an object of whole tensors; answered with ``{"outputs": ...}``). Strings may be
-  sent as ``{"b64": "..."}``; outputs whose name ends in ``_bytes`` come back that way.
-  ``:classify`` and ``:regress`` answer 501 (not implemented here);
+  sent as ``{"b64": "..."}``; outputs whose name ends in ``_bytes`` come back that way;
+* ``POST /v1/models/NAME[...]:classify`` / ``:regress`` with ``{"signature_name": ...,
+  "context": {feature: value}, "examples": [{feature: value}, ...]}``: turned into a
+  ``ClassificationRequest`` / ``RegressionRequest`` of ``tf.Example``s by
+  ``recsys_tf.server.inference``'s JSON helpers, answered by the server's inference service,
+  as ``{"results": [[[label, score], ...], ...]}`` (classify) or ``{"results": [value, ...]}``
+  (regress);
 * ``GET /monitoring/prometheus/metrics`` (path configurable) -- request counts and latency.
 
 Errors are ``{"error": "<message>"}`` with TF Serving's HTTP mapping of the status code:
@@ -48,6 +53,7 @@ from tensorflow_serving.apis import (
     model_pb2,
 )
 
+from recsys_tf.server import inference
 from recsys_tf.wire import codec
 from recsys_tf.wire.contract import DEFAULT_SIGNATURE, METADATA_SIGNATURE_DEF
 from recsys_tf.wire.errors import ServingError, invalid
@@ -332,19 +338,35 @@ class _HTTPServer(ThreadingHTTPServer):
 
 
 class RestServer:
-    """The REST front end of a ``ModelServer`` (which owns it; see ``rest_api_port``)."""
+    """The REST front end (``rest_api_port``), a thread serving HTTP.
 
-    def __init__(self, model_server, host: str, port: int):
-        self.model_server = model_server
+    Args:
+      options: the ``ServerOptions`` (host, ``rest_api_port``, threads, timeout, TLS, body
+        size limit, metrics path).
+      registry: resolves model specs and names.
+      runner: runs the signatures ``:predict`` asks for.
+      prediction, model_service: the ``PredictionService`` (metadata; classify and regress go
+        to its inference service) and ``ModelService`` (status).
+      metrics: the ``Metrics`` requests are counted in and rendered from.
+    """
+
+    def __init__(self, options, registry, runner, prediction, model_service, metrics):
+        self.registry = registry
+        self.runner = runner
+        self.prediction = prediction
+        self.model_service = model_service
+        self.metrics = metrics
+        self.metrics_path = options.metrics_path
+        self.max_message_bytes = options.max_message_bytes
         context = None
-        ssl_config = getattr(model_server, "_ssl_config", None)
-        if ssl_config is not None:
-            context = _ssl_context(ssl_config)
+        if options.ssl_config is not None:
+            context = _ssl_context(options.ssl_config)
+        host = options.host
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         handler = type("Handler", (_Handler,), {"rest": self,
-                                                "timeout": model_server.rest_api_timeout})
-        self.httpd = _HTTPServer((host.strip("[]"), port), handler,
-                                 model_server.rest_api_num_threads, context, family)
+                                                "timeout": options.rest_api_timeout})
+        self.httpd = _HTTPServer((host.strip("[]"), int(options.rest_api_port or 0)), handler,
+                                 options.rest_api_num_threads, context, family)
         self._thread: Optional[threading.Thread] = None
 
     @property
@@ -367,11 +389,10 @@ class RestServer:
     def handle(self, method: str, raw_path: str, body: Optional[bytes]) -> Tuple[int, str, bytes]:
         """(HTTP status, content type, body) for one request."""
         path = urlsplit(raw_path).path
-        server = self.model_server
-        if server.metrics_path and path == server.metrics_path:
+        if self.metrics_path and path == self.metrics_path:
             if method != "GET":
                 return self._error(invalid(f"Unexpected method {method} for {path}"))
-            return 200, "text/plain; version=0.0.4", server.metrics.render().encode()
+            return 200, "text/plain; version=0.0.4", self.metrics.render().encode()
         if not _V1_RE.fullmatch(path):
             return 404, "application/json", json.dumps(
                 {"error": f"Not found: {method} {path}"}).encode()
@@ -390,7 +411,7 @@ class RestServer:
             log.exception("unexpected error while serving REST %s %s", method, path[:200])
             return self._error(ServingError(code, f"{type(exc).__name__}: {exc}"))
         finally:
-            server.metrics.record_request(server.served_name(model), api, "REST", code.name,
+            self.metrics.record_request(self.registry.served_name(model), api, "REST", code.name,
                                           (time.perf_counter() - start) * 1e6)
 
     @staticmethod
@@ -405,10 +426,10 @@ class RestServer:
                 raise malformed
             spec = self._spec(*match.groups()[:3])
             verb = match.group(4).lower()
-            if verb != "predict":
-                raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
-                                   f"{verb} is not supported by this server: its models export "
-                                   "Predict signatures; use :predict")
+            if verb == "classify":
+                return "classify", spec.name, self._classify(spec, body)
+            if verb == "regress":
+                return "regress", spec.name, self._regress(spec, body)
             return "predict", spec.name, self._predict(spec, body)
         if method == "GET":
             match = _STATUS_RE.fullmatch(path)
@@ -440,13 +461,13 @@ class RestServer:
 
     def _status(self, spec) -> dict:
         request = get_model_status_pb2.GetModelStatusRequest(model_spec=spec)
-        response = self.model_server.get_model_status(request)
+        response = self.model_service.get_model_status(request)
         return json_format.MessageToDict(response, always_print_fields_with_no_presence=True)
 
     def _metadata(self, spec) -> dict:
-        request = get_model_metadata_pb2.GetModelMetadataRequest(model_spec=spec,
-                                                                 metadata_field=[METADATA_SIGNATURE_DEF])
-        response = self.model_server.get_model_metadata(request)
+        request = get_model_metadata_pb2.GetModelMetadataRequest(
+            model_spec=spec, metadata_field=[METADATA_SIGNATURE_DEF])
+        response = self.prediction.get_model_metadata(request)
         sig_map = get_model_metadata_pb2.SignatureDefMap()
         response.metadata[METADATA_SIGNATURE_DEF].Unpack(sig_map)
         options = dict(always_print_fields_with_no_presence=True,
@@ -454,7 +475,9 @@ class RestServer:
         return {"model_spec": json_format.MessageToDict(response.model_spec, **options),
                 "metadata": {METADATA_SIGNATURE_DEF: json_format.MessageToDict(sig_map, **options)}}
 
-    def _predict(self, spec, body: Optional[bytes]) -> dict:
+    @staticmethod
+    def _document(body: Optional[bytes]) -> dict:
+        """The request body as a JSON object, with TF Serving's parse errors."""
         if not body:
             raise invalid("JSON Parse error: The document is empty")
         try:
@@ -468,16 +491,35 @@ class RestServer:
             raise invalid("JSON Parse error: the document is nested too deeply") from None
         if not isinstance(doc, dict):
             raise invalid(f"JSON Value: {_jstr(doc)} Is not object")
+        return doc
+
+    @staticmethod
+    def _url_spec(spec) -> tuple:
+        """(model, version, label) of a URL's model spec, as the JSON helpers take them."""
+        version = spec.version.value if spec.WhichOneof("version_choice") == "version" \
+            else None
+        return spec.name, version, spec.version_label or None
+
+    def _classify(self, spec, body: Optional[bytes]) -> dict:
+        request = inference.classification_request_from_json(body or b"",
+                                                             *self._url_spec(spec))
+        return inference.classify_response_to_json(self.prediction.classify(request))
+
+    def _regress(self, spec, body: Optional[bytes]) -> dict:
+        request = inference.regression_request_from_json(body or b"", *self._url_spec(spec))
+        return inference.regress_response_to_json(self.prediction.regress(request))
+
+    def _predict(self, spec, body: Optional[bytes]) -> dict:
+        doc = self._document(body)
         signature = doc.get("signature_name", "")
         if not isinstance(signature, str):
             raise invalid(f"JSON Value: {_jstr(doc)} not formatted correctly. 'signature_name' "
                           "key must be a string value.")
-        server = self.model_server
-        ver = server.resolve(spec)
+        ver = self.registry.resolve(spec)
         name = signature or DEFAULT_SIGNATURE
-        if name not in ver.signature_defs or name not in ver.functions:
+        if name not in ver.signature_defs:
             raise invalid(f"Serving signature name: \"{name}\" not found in signature def")
-        sig, _ = server.signature_of(ver, name)
+        sig = ver.signature_defs[name]
         infos = sig.inputs
         if not infos:
             raise invalid(f"Failed to get input map for signature: {signature or 'DEFAULT'}")
@@ -497,7 +539,7 @@ class RestServer:
             arrays = _inputs_to_arrays(doc["inputs"], infos)
         else:
             raise invalid("Missing 'inputs' or 'instances' key")
-        outputs = server.execute(ver, name, arrays, list(sig.outputs))
+        outputs = self.runner.run(ver, name, arrays)
         return outputs_to_json(outputs, row_format=has_instances)
 
 
@@ -542,7 +584,7 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("REST %s - %s", self.address_string(), format % args)
 
     def _read_body(self) -> Tuple[Optional[bytes], Optional[str]]:
-        limit = self.rest.model_server.max_message_bytes
+        limit = self.rest.max_message_bytes
         encoding = (self.headers.get("Transfer-Encoding") or "").lower()
         if "chunked" in encoding:
             parts, total = [], 0

@@ -1,15 +1,27 @@
 """TF Serving's gRPC services: PredictionService and ModelService.
 
-``ServiceHandlers`` answers their requests in-process (``predict``, ``get_model_metadata``,
-``get_model_status``, ``handle_reload_config``; the REST API calls the same methods), and
-``_handlers`` exposes them over gRPC as raw-bytes handlers, so that an unparsable message is
-INVALID_ARGUMENT rather than gRPC's INTERNAL and every call is counted in the metrics.
+``PredictionService`` (handed the ``Registry``, the ``Runner`` and the object answering
+Classify, Regress and MultiInference) and ``ModelService`` (handed the ``Registry``) answer
+requests in-process (``predict``, ``get_model_metadata``, ``classify``, ``regress``,
+``multi_inference``, ``get_model_status``, ``handle_reload_config``; the REST API calls the
+same methods), and ``grpc_handler`` exposes them over gRPC as raw-bytes handlers, so that an
+unparsable message is INVALID_ARGUMENT rather than gRPC's INTERNAL and every call is counted
+in the metrics.
+
+Classify, Regress and MultiInference go to the ``inference`` object the service is
+constructed with: anything with ``classify(request)``, ``regress(request)`` and
+``multi_inference(request)`` methods (e.g. ``InferenceService(registry, runner)``); the
+default, ``UnimplementedInference``, answers UNIMPLEMENTED.
+
+Example::
+
+    prediction = PredictionService(registry, runner)
+    handler = grpc_handler(prediction, ModelService(registry), registry, metrics)
 """
 from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -23,11 +35,11 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
+from recsys_tf.server.metrics import Metrics
+from recsys_tf.server.registry import Registry
+from recsys_tf.server.runner import Runner
 from recsys_tf.wire.contract import METADATA_SIGNATURE_DEF
 from recsys_tf.wire.errors import ServingError, invalid, not_found
-
-if TYPE_CHECKING:
-    from recsys_tf.server.server import ModelServer
 
 # The whole server logs under one name, whichever module a message comes from.
 log = logging.getLogger("recsys_tf.server.server")
@@ -36,15 +48,57 @@ log = logging.getLogger("recsys_tf.server.server")
 _STATE = get_model_status_pb2.ModelVersionStatus.State
 
 
-class ServiceHandlers:
-    """``ModelServer``'s answers to PredictionService and ModelService requests."""
+_UNIMPLEMENTED = ("{name} is not available: this server was started without an inference "
+                  "service; call Predict with the signature that returns the scores")
+
+
+class UnimplementedInference:
+    """The default answer to Classify, Regress and MultiInference: UNIMPLEMENTED."""
+
+    @staticmethod
+    def _refuse(name: str):
+        raise ServingError(grpc.StatusCode.UNIMPLEMENTED, _UNIMPLEMENTED.format(name=name))
+
+    def classify(self, request):
+        self._refuse("Classify")
+
+    def regress(self, request):
+        self._refuse("Regress")
+
+    def multi_inference(self, request):
+        self._refuse("MultiInference")
+
+
+class PredictionService:
+    """PredictionService's answers, in-process; each method raises ``ServingError``.
+
+    Args:
+      registry: resolves a request's ``ModelSpec`` to a loaded version.
+      runner: runs a version's signatures.
+      inference: answers Classify / Regress / MultiInference (default:
+        ``UnimplementedInference()``).
+    """
+
+    def __init__(self, registry: Registry, runner: Runner, inference=None):
+        self.registry = registry
+        self.runner = runner
+        self.inference = inference if inference is not None else UnimplementedInference()
 
     # ----------------------------------------------------------------- Predict
     def predict(self, request):
-        """Answer a ``PredictRequest`` in-process; raises ``ServingError``."""
+        """Answer a ``PredictRequest``."""
         if not request.HasField("model_spec"):
             raise invalid("Missing ModelSpec")
-        return self._run_predict(self.resolve(request.model_spec), request)
+        return self.runner.predict(self.registry.resolve(request.model_spec), request)
+
+    def classify(self, request):
+        return self.inference.classify(request)
+
+    def regress(self, request):
+        return self.inference.regress(request)
+
+    def multi_inference(self, request):
+        return self.inference.multi_inference(request)
 
     # ----------------------------------------------------------------- metadata / status
     def get_model_metadata(self, request):
@@ -56,12 +110,24 @@ class ServiceHandlers:
         for name in request.metadata_field:
             if name != METADATA_SIGNATURE_DEF:
                 raise invalid(f"Metadata field {name} is not supported")
-        ver = self.resolve(request.model_spec)
+        ver = self.registry.resolve(request.model_spec)
         response = get_model_metadata_pb2.GetModelMetadataResponse()
         response.model_spec.name = ver.model
         response.model_spec.version.value = ver.version
         response.metadata[METADATA_SIGNATURE_DEF].CopyFrom(ver.metadata_any)
         return response
+
+
+
+class ModelService:
+    """ModelService's answers, in-process; each method raises ``ServingError``.
+
+    Args:
+      registry: the served models.
+    """
+
+    def __init__(self, registry: Registry):
+        self.registry = registry
 
     def get_model_status(self, request):
         """Answer a ``GetModelStatusRequest`` in-process; raises ``ServingError``.
@@ -72,9 +138,7 @@ class ServiceHandlers:
         if not request.HasField("model_spec"):
             raise invalid("Missing ModelSpec")
         spec = request.model_spec
-        with self._lock:
-            model = self._models.get(spec.name)
-            states = dict(model.states) if model is not None else {}
+        states = self.registry.states(spec.name)
         if spec.WhichOneof("version_choice") == "version":
             only = spec.version.value
             if only not in states:
@@ -96,7 +160,7 @@ class ServiceHandlers:
     def handle_reload_config(self, request):
         """Answer a ``ReloadConfigRequest``: INVALID_ARGUMENT for a bad or unsafe config."""
         try:
-            self.reload_config(request.config)
+            self.registry.reload_config(request.config)
         except ValueError as exc:
             raise invalid(str(exc)) from None
         response = model_management_pb2.ReloadConfigResponse()
@@ -105,11 +169,8 @@ class ServiceHandlers:
 
 
 # --------------------------------------------------------------------------- gRPC glue
-_UNIMPLEMENTED = ("{name} is not supported by this server: its models export Predict "
-                  "signatures; call Predict with the signature that returns the scores")
-
-
-def _handlers(server: ModelServer) -> grpc.GenericRpcHandler:
+def grpc_handler(prediction: PredictionService, model_service: ModelService,
+                 registry: Registry, metrics: Metrics) -> grpc.GenericRpcHandler:
     """Raw-bytes handlers: the request is parsed here, so an unparsable message is an
     INVALID_ARGUMENT answer instead of gRPC's own INTERNAL."""
 
@@ -124,7 +185,7 @@ def _handlers(server: ModelServer) -> grpc.GenericRpcHandler:
                     raise invalid(f"cannot parse the request as a "
                                   f"{request_cls.DESCRIPTOR.full_name}: {exc}") from None
                 spec = getattr(request, "model_spec", None)
-                model = server.served_name(spec.name) if spec is not None else ""
+                model = registry.served_name(spec.name) if spec is not None else ""
                 return fn(request)
             except ServingError as exc:
                 code, message = exc.code, exc.message
@@ -132,7 +193,7 @@ def _handlers(server: ModelServer) -> grpc.GenericRpcHandler:
                 log.exception("unexpected error while serving %s", api)
                 code, message = grpc.StatusCode.UNKNOWN, f"{type(exc).__name__}: {exc}"
             finally:
-                server.metrics.record_request(model, api, "GRPC", code.name,
+                metrics.record_request(model, api, "GRPC", code.name,
                                               (time.perf_counter() - start) * 1e6)
             log.warning("%s %s: %s: %s", api, model or "-", code.name, message[:300])
             context.abort(code, message)
@@ -141,29 +202,23 @@ def _handlers(server: ModelServer) -> grpc.GenericRpcHandler:
             handle, request_deserializer=None,
             response_serializer=lambda response: response.SerializeToString())
 
-    def unimplemented(name):
-        def fn(_request):
-            raise ServingError(grpc.StatusCode.UNIMPLEMENTED, _UNIMPLEMENTED.format(name=name))
-        return fn
-
     prediction = {
-        "Predict": method("predict", predict_pb2.PredictRequest, server.predict),
+        "Predict": method("predict", predict_pb2.PredictRequest, prediction.predict),
         "GetModelMetadata": method("GetModelMetadata",
                                    get_model_metadata_pb2.GetModelMetadataRequest,
-                                   server.get_model_metadata),
+                                   prediction.get_model_metadata),
         "Classify": method("classify", classification_pb2.ClassificationRequest,
-                           unimplemented("Classify")),
-        "Regress": method("regress", regression_pb2.RegressionRequest,
-                          unimplemented("Regress")),
+                           prediction.classify),
+        "Regress": method("regress", regression_pb2.RegressionRequest, prediction.regress),
         "MultiInference": method("MultiInference", inference_pb2.MultiInferenceRequest,
-                                 unimplemented("MultiInference")),
+                                 prediction.multi_inference),
     }
     model_service = {
         "GetModelStatus": method("GetModelStatus", get_model_status_pb2.GetModelStatusRequest,
-                                 server.get_model_status),
+                                 model_service.get_model_status),
         "HandleReloadConfigRequest": method(
             "HandleReloadConfigRequest", model_management_pb2.ReloadConfigRequest,
-            server.handle_reload_config),
+            model_service.handle_reload_config),
     }
 
     class _Both(grpc.GenericRpcHandler):

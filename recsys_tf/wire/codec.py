@@ -3,23 +3,30 @@
 Only the generated protobuf modules are used here (``tensor_pb2``, ``types_pb2``), so the
 conversions are cheap and behave the same in a client process and in the server.
 
-Encoding (``to_tensor_proto``):
+Encoding (``to_tensor_proto(array, tensor_content=True)``):
 
-* numeric arrays (floats, signed/unsigned ints, complex) go into the packed
-  ``tensor_content`` bytes, little-endian, C order -- what TF Serving itself returns;
-* bool arrays go into ``bool_val`` (as ``tf.make_tensor_proto`` does);
-* strings go into ``string_val``; ``str`` elements are encoded as UTF-8;
-* a string array whose rows are one row repeated -- a ``np.broadcast_to`` view, stride 0 on
-  the first axis, as the client builds a user's features repeated for every candidate --
-  goes into ``tensor_content`` in TensorFlow's packed string layout (every element's length
-  as a varint, then all the bytes), built from the one row in a few byte copies. TensorFlow
-  (``Tensor::FromProto``, so TF Serving and ``tf.io.parse_tensor``) reads that layout;
-  ``tf.make_ndarray`` does not.
+* with ``tensor_content=True`` (the default, what the client sends): numeric arrays (floats,
+  signed/unsigned ints, complex) go into the packed ``tensor_content`` bytes, little-endian,
+  C order -- the layout TensorFlow's ``Tensor::AsProtoTensorContent`` writes, and what TF
+  Serving answers with when started with ``--enable_serialization_as_tensor_content``;
+* with ``tensor_content=False``: every dtype goes into its typed repeated field
+  (``float_val``, ``double_val``, ``int_val``, ``int64_val``, ``half_val``, ``string_val``,
+  ...), as ``Tensor::AsProtoField`` writes it -- what TF Serving answers with by default
+  (``--enable_serialization_as_tensor_content`` is false in its ``main.cc``);
+* bool arrays go into ``bool_val`` either way (as ``tf.make_tensor_proto`` does);
+* strings go into ``string_val``; ``str`` elements are encoded as UTF-8. With
+  ``tensor_content=True``, a string array whose rows are one row repeated -- a
+  ``np.broadcast_to`` view, stride 0 on the first axis, as the client builds a user's
+  features repeated for every candidate -- goes into ``tensor_content`` in TensorFlow's packed
+  string layout (every element's length as a varint, then all the bytes), built from the one
+  row in a few byte copies. TensorFlow (``Tensor::FromProto``, so TF Serving and
+  ``tf.io.parse_tensor``) reads that layout; ``tf.make_ndarray`` does not.
 
 Decoding (``to_ndarray``) reads ``tensor_content`` when present (for strings, the packed
 layout) and otherwise the typed repeated fields (``float_val``, ``int64_val``, ``string_val``,
-...), which is what many clients send. As with ``tf.make_ndarray``, a repeated field shorter
-than the shape is padded with its last value, so a single value fills the whole tensor.
+...), so it reads TF Serving's answers in either layout. As with ``tf.make_ndarray``, a
+repeated field shorter than the shape is padded with its last value, so a single value fills
+the whole tensor.
 """
 from __future__ import annotations
 
@@ -170,14 +177,17 @@ def _to_bytes(value) -> bytes:
         f"a string tensor holds str or bytes, got {type(value).__name__}: {value!r:.60}")
 
 
-def to_tensor_proto(array, dtype=None, out=None) -> tensor_pb2.TensorProto:
+def to_tensor_proto(array, dtype=None, out=None,
+                    tensor_content: bool = True) -> tensor_pb2.TensorProto:
     """Encode an array-like as a ``TensorProto``.
 
     ``dtype`` (optional) is a numpy dtype, a name such as ``"float32"`` or ``"string"``, or a
     ``types_pb2.DataType`` value; numeric values are cast to it. Without it the array's own
     dtype decides; ``str``/``bytes``/object arrays become DT_STRING. ``out`` (optional) is an
     empty ``TensorProto`` to fill in place, e.g. ``request.inputs[name]``, which saves copying
-    a large message; the filled proto is returned.
+    a large message; the filled proto is returned. ``tensor_content`` (default True): numeric
+    values go into the packed ``tensor_content`` bytes; False: into the typed repeated field
+    of their dtype (``float_val``, ``int64_val``, ...), as TF Serving answers by default.
     """
     target = None if dtype is None else dtype_enum(dtype)
     if target == _DT.DT_STRING:
@@ -194,7 +204,8 @@ def to_tensor_proto(array, dtype=None, out=None) -> tensor_pb2.TensorProto:
 
     if target == _DT.DT_STRING or arr.dtype.kind in "OSU":
         proto.dtype = _DT.DT_STRING
-        if arr.ndim and arr.shape[0] > 1 and arr.strides[0] == 0:     # one row, repeated
+        if tensor_content and arr.ndim and arr.shape[0] > 1 and arr.strides[0] == 0:
+            # one row, repeated
             proto.tensor_content = _packed_repeat(arr[:1], arr.shape[0])
         else:
             _put_strings(proto.string_val, arr)
@@ -208,8 +219,24 @@ def to_tensor_proto(array, dtype=None, out=None) -> tensor_pb2.TensorProto:
     wire = _NUMPY[enum]
     if arr.dtype != wire:
         arr = arr.astype(wire)
+    if not tensor_content:
+        _put_typed(proto, arr.reshape(-1), enum)
+        return proto
     proto.tensor_content = np.ascontiguousarray(arr).tobytes()
     return proto
+
+
+def _put_typed(proto, flat: np.ndarray, enum: int) -> None:
+    """The values of a flat numeric array into the typed field of ``enum``
+    (``Tensor::AsProtoField``): halves as their 16-bit patterns, complex numbers as
+    (real, imaginary) pairs."""
+    field = getattr(proto, _FIELD[enum])
+    if enum == _DT.DT_HALF:
+        field.extend(flat.view(np.uint16).tolist())
+    elif enum in (_DT.DT_COMPLEX64, _DT.DT_COMPLEX128):
+        field.extend(np.stack([flat.real, flat.imag], axis=-1).reshape(-1).tolist())
+    else:
+        field.extend(flat.tolist())
 
 
 def _put_strings(field, arr: np.ndarray) -> None:

@@ -16,6 +16,7 @@ from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
     model_management_pb2,
+    model_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_log_pb2,
@@ -251,13 +252,19 @@ def test_wrong_dtype(stub):
                   "'user_id'", "string", "int64", stub=stub)
 
 
-def test_bad_shape(stub):
+def test_shapes_are_checked_by_the_graph_not_by_the_declared_signature(stub):
+    """As TF Serving: a shape the signature's declared shape forbids is run when the graph
+    can compute it (x [2,1] broadcasts against user_id [2]; ids [2,3] sums along axis 1),
+    and refused with INVALID_ARGUMENT only when the graph cannot."""
     inputs = dict(GOOD, x=np.array([[1.0], [2.0]], np.float32))
-    _expect_error(stub.Predict, _request(inputs=inputs), grpc.StatusCode.INVALID_ARGUMENT,
-                  "'x'", "[2,1]", stub=stub)
-    _expect_error(stub.Predict, _request(inputs={"ids": np.zeros((2, 3), np.int64)},
-                                         signature="pairs"),
-                  grpc.StatusCode.INVALID_ARGUMENT, "'ids'", "[-1,2]", stub=stub)
+    out = codec.to_ndarray(stub.Predict(_request(inputs=inputs), timeout=10).outputs["score"])
+    # toy version 2: x * 2 + len(user_id), broadcast to [2, 2]
+    np.testing.assert_allclose(out, [[4.0, 3.0], [6.0, 5.0]])
+    response = stub.Predict(_request(inputs={"ids": np.arange(6).reshape(2, 3)},
+                                     signature="pairs"), timeout=10)
+    assert codec.to_ndarray(response.outputs["total"]).tolist() == [3, 12]
+    _expect_error(stub.Predict, _request(inputs=dict(GOOD, x=np.ones(3, np.float32))),
+                  grpc.StatusCode.INVALID_ARGUMENT, stub=stub)
 
 
 def test_unknown_signature(stub):
@@ -281,10 +288,16 @@ def test_malformed_tensor_is_invalid_argument(stub):
                   stub=stub)
 
 
-def test_classify_is_unimplemented(stub):
+def test_classify_on_a_signature_without_examples_is_refused(stub):
+    """The toy's signatures take raw features, not serialized tf.Examples: TF Serving's
+    Classify refuses them (the inference service itself: test_inference.py)."""
     req = classification_pb2.ClassificationRequest()
     req.model_spec.name = "toy"
-    _expect_error(stub.Classify, req, grpc.StatusCode.UNIMPLEMENTED, "Classify", stub=stub)
+    req.input.example_list.examples.add()
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Classify(req, timeout=10)
+    assert info.value.code() in (grpc.StatusCode.INVALID_ARGUMENT,
+                                 grpc.StatusCode.FAILED_PRECONDITION), info.value.details()
 
 
 def test_concurrent_predicts(client):
@@ -466,7 +479,8 @@ def test_bad_configs(tmp_path):
     with pytest.raises(ValueError, match="twice"):
         ModelServer(model_config_file=str(bad))
     bad.write_text("not a config")
-    with pytest.raises(ValueError, match="parse"):
+    with pytest.raises(ValueError, match="Error parsing text-format "
+                       "tensorflow.serving.ModelServerConfig"):
         ModelServer(model_config_file=str(bad))
 
 
@@ -529,9 +543,9 @@ def test_signatures_without_warmup_records_run_once_at_load(tmp_path):
                                   "tf_serving_warmup_requests")) as writer:
         writer.write(entry.SerializeToString())
     with ModelServer(model_name="m", model_base_path=str(tmp_path / "m"), port=0) as srv:
-        version = srv._models["m"].versions[1]
-        assert sorted(k for k, f in version.fast.items() if f is not None) == \
-            ["needs_k", "one_row", "serving_default"]
+        version = srv.registry.resolve(model_pb2.ModelSpec(name="m"))
+        assert sorted(version.signature_defs) == ["__saved_model_init_op", "needs_k", "one_row",
+                                                  "serving_default"]
         assert sorted(runs) == ["default", "one_row"]   # the record; one made-up run
         with ServingClient(srv.target) as c:
             out = c.predict("m", {"user": np.array([[b"abc", b""]], dtype=object),
