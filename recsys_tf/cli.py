@@ -302,6 +302,28 @@ def cmd_demo(args):
     return 0
 
 
+# -- cluster-server ------------------------------------------------------------------------
+def cmd_cluster_server(args):
+    """A worker or parameter server of a training cluster, as ``TF_CONFIG`` describes it."""
+    from recsys_tf import distributed
+
+    try:
+        config = distributed.tf_config()
+        if not config:
+            _say("error: TF_CONFIG is not set; expected the cluster and this task, e.g. "
+                 '{"cluster": {"chief": [...], "worker": [...], "ps": [...]}, '
+                 '"task": {"type": "ps", "index": 0}}')
+            return 2
+        task = config.get("task") or {}
+        _say(f"cluster-server: {task.get('type')} {task.get('index', 0)} of "
+             f"{json.dumps(config['cluster'])}")
+        distributed.serve(config)
+    except distributed.ClusterError as e:
+        _say(f"error: {e}")
+        return 2
+    return 0
+
+
 BENCHMARKS = ("ranking", "retrieval", "dien", "serving", "client")
 
 
@@ -443,6 +465,10 @@ def build_parser():
     s.add_argument("--epochs-ranker", type=int, default=2)
     s.add_argument("--diversity", type=float, default=0.2)
     s.set_defaults(fn=cmd_demo)
+
+    s = sub.add_parser("cluster-server", help="run a worker or parameter server of a training "
+                       "cluster, as TF_CONFIG describes it (blocks until stopped)")
+    s.set_defaults(fn=cmd_cluster_server)
 
     s = sub.add_parser("bench", help="run a benchmark from benchmarks/ (JSON + plot in "
                        "benchmarks/results/)")
