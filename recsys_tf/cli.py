@@ -3,6 +3,9 @@
     recsys-tf data DATASET [--data-dir DIR]
     recsys-tf train MODEL --data DATASET [--data-dir DIR] [--epochs N] [--batch-size B]
                     [--export-dir DIR] [--metrics-out FILE.json]
+                    [--strategy one_device|multi_worker|parameter_server]
+                    [--local-cluster workers=N,ps=M] [--checkpoint-dir DIR] [--logdir DIR]
+    recsys-tf cluster-server            (a worker or parameter server, from TF_CONFIG)
     recsys-tf evaluate --model-dir saved_models/NAME/V --data DATASET [--data-dir DIR]
     recsys-tf export [--export-dir DIR] [--config-out FILE]
     recsys-tf serve [--model-config FILE] [--model-base-path DIR] [--port P]
@@ -112,16 +115,120 @@ def cmd_train(args):
     if bad:
         _say(f"error: --warmup-batch-sizes {bad[0]}: expected a number of rows >= 1")
         return 2
-    ds = _load_data(args)
-    _say(f"training {args.model} on {ds.name}: {len(ds.train):,} training rows")
-    from recsys_tf import pipeline
+    from recsys_tf import distributed
 
+    try:
+        strategy_name, cluster = _strategy_and_cluster(args)
+    except distributed.ClusterError as e:
+        _say(f"error: {e}")
+        return 2
+    if cluster is None:
+        return _train(args, strategy_name, None)
+    import signal
+
+    def stop(signum, frame):           # SIGTERM: stop the cluster's processes on the way out
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        local = distributed.LocalCluster(*cluster, log_dir=args.cluster_log_dir)
+        try:
+            local.start()
+        except distributed.ClusterError as e:
+            _say(f"error: --local-cluster {args.local_cluster}: {e}")
+            return 1
+        with local:
+            _say(f"local cluster: {json.dumps(local.cluster)}")
+            if strategy_name == "multi_worker":
+                local.start_trainers(_trainer_argv(args, local))
+            return _train(args, strategy_name, local)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _strategy_and_cluster(args):
+    """(strategy name, (workers, ps) of a local cluster or None), checked."""
+    from recsys_tf import distributed
+
+    name = args.strategy
+    if name is not None and name not in distributed.STRATEGIES:
+        raise distributed.ClusterError(
+            f"--strategy {name!r}: expected one of {', '.join(distributed.STRATEGIES)}")
+    if args.steps_per_epoch is not None and args.steps_per_epoch < 1:
+        raise distributed.ClusterError(
+            f"--steps-per-epoch {args.steps_per_epoch}: expected a number of steps >= 1")
+    if args.min_shard_bytes is not None and args.min_shard_bytes < 1:
+        raise distributed.ClusterError(
+            f"--min-shard-bytes {args.min_shard_bytes}: expected a number of bytes >= 1")
+    if args.local_cluster is None:
+        if name not in (None, "one_device"):
+            distributed.tf_config()                  # a malformed TF_CONFIG is named now
+        return name or "one_device", None
+    workers, ps = distributed.parse_local_cluster(args.local_cluster)
+    name = name or ("parameter_server" if ps else "multi_worker")
+    if name == "parameter_server" and not ps:
+        raise distributed.ClusterError(
+            f"--local-cluster {args.local_cluster!r} with --strategy parameter_server: expected "
+            "ps >= 1")
+    if name == "multi_worker" and ps:
+        raise distributed.ClusterError(
+            f"--local-cluster {args.local_cluster!r} with --strategy multi_worker: expected ps=0 "
+            "(multi_worker has no parameter servers)")
+    if name == "one_device":
+        raise distributed.ClusterError(
+            f"--local-cluster {args.local_cluster!r} with --strategy one_device: expected "
+            "parameter_server or multi_worker")
+    return name, (workers, ps)
+
+
+def _trainer_argv(args, local):
+    """``multi_worker``: the command the other workers of a local cluster run (this command
+    without --local-cluster, exporting and writing nothing of their own)."""
+    import tempfile
+
+    argv, skip = [], False
+    drop = {"--local-cluster", "--export-dir", "--metrics-out", "--checkpoint-dir", "--logdir",
+            "--strategy"}
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+            continue
+        if a in drop:
+            skip = True
+            continue
+        if a.split("=", 1)[0] in drop:
+            continue
+        argv.append(a)
+    scratch = tempfile.mkdtemp(prefix="recsys_tf_worker_")
+    return ([sys.executable, "-m", "recsys_tf.cli"] + argv
+            + ["--strategy", "multi_worker", "--checkpoint-dir", scratch])
+
+
+def _train(args, strategy_name, local):
+    from recsys_tf import distributed, pipeline
+
+    if local is not None:
+        strategy = local.strategy(strategy_name, **_shard_option(args))
+    elif strategy_name != "one_device":
+        try:
+            strategy = distributed.make_strategy(strategy_name, **_shard_option(args))
+        except distributed.ClusterError as e:
+            _say(f"error: {e}")
+            return 2
+    else:
+        strategy = None
+    ds = _load_data(args)
+    _say(f"training {args.model} on {ds.name}: {len(ds.train):,} training rows"
+         + (f" ({strategy_name})" if strategy is not None else ""))
     result, _ = pipeline.train(args.model, ds, epochs=args.epochs, batch_size=args.batch_size,
                       export_dir=args.export_dir, learning_rate=args.learning_rate,
                       options=_parse_options(args.model_option, "--model-option"),
                       scann=not args.no_scann, scann_recall=args.scann_recall,
-                      scann_index_k=args.scann_index_k, embedding_lr_multiplier=multiplier,
-                      weight_averaging=averaging, warmup_batch_sizes=args.warmup_batch_sizes)
+                      scann_index_k=args.scann_index_k, embedding_lr_multiplier=args.embedding_lr_multiplier,
+                      weight_averaging=args.weight_averaging,
+                      warmup_batch_sizes=args.warmup_batch_sizes, strategy=strategy,
+                      checkpoint_dir=args.checkpoint_dir, logdir=args.logdir,
+                      steps_per_epoch=args.steps_per_epoch)
     text = json.dumps(result, indent=2)
     print(text)
     if args.metrics_out:
@@ -129,6 +236,10 @@ def cmd_train(args):
         with open(args.metrics_out, "w") as f:
             f.write(text + "\n")
     return 0
+
+
+def _shard_option(args):
+    return {} if args.min_shard_bytes is None else {"min_shard_bytes": args.min_shard_bytes}
 
 
 # -- evaluate ------------------------------------------------------------------------------
@@ -386,6 +497,26 @@ def build_parser():
                    "a batching TF Serving runs the model at those batch sizes when it loads "
                    "(its allowed_batch_sizes, or its max_batch_size; each at most "
                    "max_batch_size)")
+    s.add_argument("--strategy", default=None, metavar="NAME",
+                   help="one_device (default: this process alone), parameter_server (this "
+                   "process coordinates the workers and parameter servers of TF_CONFIG; tables "
+                   "are sharded across the parameter servers) or multi_worker (every worker of "
+                   "TF_CONFIG runs this command; each holds a full copy of the model)")
+    s.add_argument("--local-cluster", default=None, metavar="workers=N,ps=M",
+                   help="start that cluster as processes on 127.0.0.1, train on it, stop them "
+                   "(strategy: parameter_server when M > 0, else multi_worker)")
+    s.add_argument("--checkpoint-dir", default=None, metavar="DIR",
+                   help="back up the training state at every epoch's end; a run started again "
+                   "with the same arguments resumes from the last backup")
+    s.add_argument("--logdir", default=None, metavar="DIR",
+                   help="TensorBoard summaries: loss, validation AUC, examples/s per epoch")
+    s.add_argument("--steps-per-epoch", type=int, default=None, metavar="N",
+                   help="training steps an epoch (default: one pass over the training data)")
+    s.add_argument("--min-shard-bytes", type=int, default=None, metavar="B",
+                   help="parameter_server: variables above B bytes are sharded, at most one "
+                   "part per parameter server (default 262144)")
+    s.add_argument("--cluster-log-dir", default=None, metavar="DIR",
+                   help="--local-cluster: write each process's output to DIR/<type>-<i>.log")
     s.set_defaults(fn=cmd_train)
 
     s = sub.add_parser("evaluate", help="score an exported ranker on a data set's test split")

@@ -168,6 +168,17 @@ def n_parameter_servers(strategy):
     return int(getattr(strategy.extended, "_num_ps", 0)) if is_parameter_server(strategy) else 0
 
 
+def is_chief(strategy):
+    """Whether this process writes the results: always, except a ``multi_worker`` worker
+    other than the chief (worker 0 when the cluster has no chief)."""
+    if strategy_name(strategy) != "multi_worker":
+        return True
+    resolver = strategy.cluster_resolver
+    return resolver.task_type == "chief" or (resolver.task_type == "worker"
+                                             and resolver.task_id == 0
+                                             and "chief" not in resolver.cluster_spec().jobs)
+
+
 def n_workers(strategy):
     """Workers training under ``strategy`` (1 for one process)."""
     if is_parameter_server(strategy):
@@ -215,6 +226,7 @@ def serve(config=None, wait=True):
         raise ClusterError(f"TF_CONFIG task index {index}: expected 0..{len(members) - 1} "
                            f"({len(members)} {task['type']} in the cluster)")
     os.environ.setdefault("GRPC_FAIL_FAST", "use_caller")
+    _exit_with_parent()
     from recsys_tf.backend import tf
 
     resolver = _resolver(config, task["type"], index)
@@ -223,6 +235,25 @@ def serve(config=None, wait=True):
     if wait:
         server.join()
     return server
+
+
+PARENT_ENV = "RECSYS_TF_CLUSTER_PARENT"
+
+
+def _exit_with_parent():
+    """A server started by :class:`LocalCluster` (``$RECSYS_TF_CLUSTER_PARENT`` = the pid of
+    the process that started it) exits when that process is gone, even killed outright."""
+    parent = os.environ.get(PARENT_ENV)
+    if not parent:
+        return
+    import threading
+
+    def watch():
+        while os.getppid() == int(parent):
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 class LocalCluster:
@@ -236,9 +267,13 @@ class LocalCluster:
       ps: number of parameter servers (default 2; 0 for ``multi_worker``, where the workers
         are started by :meth:`start_trainers` instead).
       log_dir: where each process's output goes (``<type>-<index>.log``); default: discarded.
+      restart_workers: a supervisor thread restarts a worker process that ended (killed or
+        crashed) on its own address, as a cluster manager would; the parameter-server
+        coordinator reschedules the failed worker's steps and takes the worker back (default
+        True; ``parameter_server`` only).
     """
 
-    def __init__(self, workers=2, ps=2, log_dir=None):
+    def __init__(self, workers=2, ps=2, log_dir=None, restart_workers=True):
         if int(workers) < 1 or int(ps) < 0:
             raise ClusterError(f"LocalCluster workers={workers}, ps={ps}: expected workers >= 1, "
                                "ps >= 0")
@@ -250,6 +285,9 @@ class LocalCluster:
         if self.n_ps:
             self.cluster["ps"] = address[1 + self.n_workers:]
         self.processes = {}    # (type, index) -> Popen
+        self.restart_workers = bool(restart_workers)
+        self.restarts = 0
+        self._stopping = None
 
     def config(self, task_type="chief", index=0):
         """The ``TF_CONFIG`` dict of one member."""
@@ -259,6 +297,7 @@ class LocalCluster:
         env = dict(os.environ)
         env["TF_CONFIG"] = json.dumps(self.config(task_type, index))
         env.setdefault("GRPC_FAIL_FAST", "use_caller")
+        env[PARENT_ENV] = str(os.getpid())
         env["TF_CPP_MIN_LOG_LEVEL"] = env.get("TF_CPP_MIN_LOG_LEVEL", "2")
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get(
@@ -272,7 +311,7 @@ class LocalCluster:
             out = open(os.path.join(self.log_dir, f"{task_type}-{index}.log"), "ab")
         try:
             proc = subprocess.Popen(argv, env=self._env(task_type, index), stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+                                    stderr=subprocess.STDOUT)
         finally:
             if out is not subprocess.DEVNULL:
                 out.close()
@@ -288,16 +327,38 @@ class LocalCluster:
                            [sys.executable, "-m", "recsys_tf.cli", "cluster-server"])
 
     def start(self):
-        """Starts every parameter server and worker (``ps > 0``); returns self."""
-        if self.n_ps:
-            for i in range(self.n_ps):
-                self.start_server("ps", i)
-            for i in range(self.n_workers):
-                self.start_server("worker", i)
-            self.wait_ready()
+        """Starts every parameter server and worker (``ps > 0``) and waits until they listen;
+        returns self. A failure stops what was started."""
+        try:
+            if self.n_ps:
+                for i in range(self.n_ps):
+                    self.start_server("ps", i)
+                for i in range(self.n_workers):
+                    self.start_server("worker", i)
+                self.wait_ready()
+                if self.restart_workers:
+                    self._supervise()
+        except BaseException:
+            self.stop()
+            raise
         return self
 
-    def wait_ready(self, timeout=60.0):
+    def _supervise(self):
+        import threading
+
+        self._stopping = threading.Event()
+
+        def loop():
+            while not self._stopping.wait(0.5):
+                for i in range(self.n_workers):
+                    proc = self.processes.get(("worker", i))
+                    if proc is not None and proc.poll() is not None and not self._stopping.is_set():
+                        self.start_server("worker", i)
+                        self.restarts += 1
+
+        threading.Thread(target=loop, name="local-cluster-supervisor", daemon=True).start()
+
+    def wait_ready(self, timeout=300.0):
         """Waits until every started server listens on its port (or raises)."""
         deadline = time.monotonic() + timeout
         for (task_type, index), proc in list(self.processes.items()):
@@ -333,28 +394,27 @@ class LocalCluster:
         return make_strategy(name, self.worker_config(), **kwargs)
 
     def kill(self, task_type, index, sig=signal.SIGKILL):
-        """Kills one member (its whole process group) and waits for it."""
+        """Sends ``sig`` to one member and waits for it to end (SIGKILL after 10 s)."""
         proc = self.processes.get((task_type, int(index)))
         if proc is None or proc.poll() is not None:
             return
         try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
-        try:
+            proc.send_signal(sig)
             proc.wait(10)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            proc.kill()
             proc.wait(10)
 
     def stop(self):
         """Stops every process this cluster started."""
+        if self._stopping is not None:
+            self._stopping.set()
         for key in list(self.processes):
             self.kill(*key, sig=signal.SIGTERM)
         self.processes.clear()
 
     def __enter__(self):
-        return self.start()
+        return self if self.processes else self.start()
 
     def __exit__(self, *exc):
         self.stop()

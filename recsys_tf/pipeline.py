@@ -51,6 +51,9 @@ def train(model_name, ds, epochs=None, batch_size=None, export_dir=None, learnin
     strategy = strategy or tf.distribute.get_strategy()
     name_of_strategy = distributed.strategy_name(strategy)
     spread = name_of_strategy != "one_device"
+    if not distributed.is_chief(strategy):     # a multi_worker worker: the chief writes
+        export_dir = None
+        checkpoint_dir = os.path.join(checkpoint_dir, "worker") if checkpoint_dir else None
     run = {"strategy": strategy, "checkpoint_dir": checkpoint_dir, "logdir": logdir,
            "steps_per_epoch": steps_per_epoch}
     plain = cls(fs, **options) if spread else None     # lookups, then the evaluated export

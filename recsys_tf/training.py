@@ -475,7 +475,6 @@ def _fit(model, train, epochs, steps, callbacks, examples_per_epoch, checkpoint_
                                                           delete_checkpoint=False))
     iterations = model.optimizer.iterations if not isinstance(model.optimizer, (
         list, tuple)) else model.optimizer[1].iterations
-    steps_before = int(iterations.numpy()) if hasattr(iterations, "numpy") else 0
     start = time.perf_counter()
     hist = model.fit(train, epochs=epochs, steps_per_epoch=steps, callbacks=callbacks,
                      verbose=_verbose(verbose))
@@ -484,7 +483,6 @@ def _fit(model, train, epochs, steps, callbacks, examples_per_epoch, checkpoint_
     steps_done = int(iterations.numpy())
     return {"train_seconds": seconds, "epochs_run": epochs_run, "steps": steps_done, **extra,
             "train_examples_per_sec": examples_per_epoch * epochs_run / max(seconds, 1e-9),
-            "resumed_at_step": steps_before if steps_before else None,
             "history": {k: [float(v) for v in vs] for k, vs in hist.history.items()}}
 
 
