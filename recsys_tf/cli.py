@@ -229,6 +229,8 @@ def _train(args, strategy_name, local):
                       warmup_batch_sizes=args.warmup_batch_sizes, strategy=strategy,
                       checkpoint_dir=args.checkpoint_dir, logdir=args.logdir,
                       steps_per_epoch=args.steps_per_epoch)
+    if local is not None and strategy_name == "parameter_server":
+        result["worker_restarts"] = local.restarts
     text = json.dumps(result, indent=2)
     print(text)
     if args.metrics_out:
