@@ -135,7 +135,9 @@ def restore_plain(model, plain, feature_set, features, checkpoint_dir=None, fram
     from recsys_tf.backend import tf
     from recsys_tf.layers.embedding import padding_inputs
 
-    plain(padding_inputs(feature_set, features), training=False)    # the weights, to restore
+    dummy = padding_inputs(feature_set, features)
+    plain(dummy, training=False)    # the weights to restore into, and what only training
+    plain(dummy, training=True)     # creates (DIEN's aux_loss metric): the export traces both
     tmp = None if checkpoint_dir else tempfile.mkdtemp(prefix="recsys_tf_final_")
     path = os.path.join(checkpoint_dir or tmp, "final", "model")
     try:

@@ -430,7 +430,11 @@ def train_ranker(model, ds, epochs=2, batch_size=256, learning_rate=1e-3, verbos
         return make_dataset(fs, frame, model.features, size, label, shuffle=shuffle, seed=seed,
                             sort_by_length=by)
 
-    if spread:
+    if spread and _is_split(ds.train):         # files: each worker parses its own share
+        train, steps = distributed_data(strategy, ds.train, batch_size, seed, steps_per_epoch,
+                                        features=model.features)
+        weight_averaging = 0.0
+    elif spread:
         if build is not None:
             features = encoded_arrays(encoder, fs, ds.train)
         else:
@@ -495,20 +499,29 @@ def encoded_arrays(model, feature_set, frame, chunk=1 << 16):
     return {k: np.concatenate([p[k].numpy() for p in parts]) for k in parts[0]}
 
 
-def distributed_data(strategy, arrays, batch_size, seed=0, steps_per_epoch=None):
+def distributed_data(strategy, arrays, batch_size, seed=0, steps_per_epoch=None,
+                     features=None):
     """Training data for ``model.fit`` under a ``parameter_server`` or ``multi_worker``
     strategy: ``(data, steps_per_epoch)``.
 
-    ``arrays``: a structure of ``[n, ...]`` numpy arrays. Each worker's input pipeline reads
-    its own share (``shard(num_input_pipelines, input_pipeline_id)``), shuffled with its own
-    seed, repeated without end and batched (a finite dataset would end a parameter-server
-    worker with ``OutOfRangeError``), so ``fit`` runs ``steps_per_epoch`` steps an epoch
-    (default: ``n // batch_size``, one pass over the data across all workers).
+    ``arrays``: a structure of ``[n, ...]`` numpy arrays, or a lazily read split of files
+    (with a ``tf_dataset`` method taking an ``input_context``; ``features``: the raw features
+    to parse). Each worker's input pipeline reads its own share (``shard(num_input_pipelines,
+    input_pipeline_id)``, or its own files), shuffled with its own seed, repeated without end
+    and batched (a finite dataset would end a parameter-server worker with
+    ``OutOfRangeError``), so ``fit`` runs ``steps_per_epoch`` steps an epoch (default:
+    ``n // batch_size``, one pass over the data across all workers).
     """
-    n = len(tf.nest.flatten(arrays)[0])
+    split = _is_split(arrays)
+    n = len(arrays) if split else len(tf.nest.flatten(arrays)[0])
     steps = int(steps_per_epoch or max(1, n // int(batch_size)))
 
     def dataset_fn(context=None):
+        if split:
+            size = (context.get_per_replica_batch_size(int(batch_size)) if context is not None
+                    else int(batch_size))
+            return arrays.tf_dataset(features, batch_size=size, label=True, shuffle=True,
+                                     seed=seed, input_context=context).repeat()
         data = tf.data.Dataset.from_tensor_slices(arrays)
         shard = 0
         size = int(batch_size)
