@@ -122,28 +122,22 @@ def cmd_train(args):
     except distributed.ClusterError as e:
         _say(f"error: {e}")
         return 2
+    distributed.exit_with_parent()     # a multi_worker trainer started by a local cluster
     if cluster is None:
         return _train(args, strategy_name, None)
-    import signal
-
-    def stop(signum, frame):           # SIGTERM: stop the cluster's processes on the way out
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, stop)
+    # SIGTERM or SIGKILL end this process at once; the cluster's processes then end on their
+    # own (they watch this process); Ctrl-C and errors stop them on the way out
+    local = distributed.LocalCluster(*cluster, log_dir=args.cluster_log_dir)
     try:
-        local = distributed.LocalCluster(*cluster, log_dir=args.cluster_log_dir)
-        try:
-            local.start()
-        except distributed.ClusterError as e:
-            _say(f"error: --local-cluster {args.local_cluster}: {e}")
-            return 1
-        with local:
-            _say(f"local cluster: {json.dumps(local.cluster)}")
-            if strategy_name == "multi_worker":
-                local.start_trainers(_trainer_argv(args, local))
-            return _train(args, strategy_name, local)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+        local.start()
+    except distributed.ClusterError as e:
+        _say(f"error: --local-cluster {args.local_cluster}: {e}")
+        return 1
+    with local:
+        _say(f"local cluster: {json.dumps(local.cluster)}")
+        if strategy_name == "multi_worker":
+            local.start_trainers(_trainer_argv(args, local))
+        return _train(args, strategy_name, local)
 
 
 def _strategy_and_cluster(args):

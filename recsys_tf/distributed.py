@@ -226,7 +226,7 @@ def serve(config=None, wait=True):
         raise ClusterError(f"TF_CONFIG task index {index}: expected 0..{len(members) - 1} "
                            f"({len(members)} {task['type']} in the cluster)")
     os.environ.setdefault("GRPC_FAIL_FAST", "use_caller")
-    _exit_with_parent()
+    exit_with_parent()
     from recsys_tf.backend import tf
 
     resolver = _resolver(config, task["type"], index)
@@ -240,7 +240,7 @@ def serve(config=None, wait=True):
 PARENT_ENV = "RECSYS_TF_CLUSTER_PARENT"
 
 
-def _exit_with_parent():
+def exit_with_parent():
     """A server started by :class:`LocalCluster` (``$RECSYS_TF_CLUSTER_PARENT`` = the pid of
     the process that started it) exits when that process is gone, even killed outright."""
     parent = os.environ.get(PARENT_ENV)
@@ -279,18 +279,19 @@ class LocalCluster:
                                "ps >= 0")
         self.n_workers, self.n_ps = int(workers), int(ps)
         self.log_dir = log_dir
-        ports = free_ports(1 + self.n_workers + self.n_ps)
-        address = [f"127.0.0.1:{p}" for p in ports]
-        self.cluster = {"chief": address[:1], "worker": address[1:1 + self.n_workers]}
-        if self.n_ps:
-            self.cluster["ps"] = address[1 + self.n_workers:]
+        address = [f"127.0.0.1:{p}" for p in free_ports(1 + self.n_workers + self.n_ps)]
+        if self.n_ps:       # parameter_server: this process is the chief (the coordinator)
+            self.cluster = {"chief": address[:1], "worker": address[1:1 + self.n_workers],
+                            "ps": address[1 + self.n_workers:]}
+        else:               # multi_worker: this process is worker 0, there is no chief
+            self.cluster = {"worker": address[1:1 + self.n_workers]}
         self.processes = {}    # (type, index) -> Popen
         self.restart_workers = bool(restart_workers)
         self.restarts = 0
         self._stopping = None
 
     def config(self, task_type="chief", index=0):
-        """The ``TF_CONFIG`` dict of one member."""
+        """The ``TF_CONFIG`` dict of one member (``chief`` 0: this process, with ps)."""
         return {"cluster": self.cluster, "task": {"type": task_type, "index": int(index)}}
 
     def _env(self, task_type, index):
@@ -383,9 +384,8 @@ class LocalCluster:
             self._spawn("worker", i, list(argv))
 
     def worker_config(self):
-        """``multi_worker``: the ``TF_CONFIG`` of worker 0 (this process), without a chief."""
-        return {"cluster": {"worker": self.cluster["worker"]}, "task": {"type": "worker",
-                                                                        "index": 0}}
+        """``multi_worker``: the ``TF_CONFIG`` of worker 0 (this process)."""
+        return self.config("worker", 0)
 
     def strategy(self, name="parameter_server", **kwargs):
         """The strategy of this process in the cluster."""

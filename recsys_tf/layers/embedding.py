@@ -74,8 +74,22 @@ def repeat_rows(x, rows=None):
 def rows_of(table, ids):
     """Rows ``ids`` (any shape) of ``table``: ``tf.gather(table, ids)``, through
     ``tf.nn.embedding_lookup`` so that a table sharded across parameter servers (a
-    ``ShardedVariable``, on which ``tf.gather`` fails) is looked up shard by shard."""
+    ``ShardedVariable``, on which ``tf.gather`` fails) is looked up shard by shard.
+
+    Under ``MultiWorkerMirroredStrategy`` the lookup is a gather from the table's value, so
+    its gradient is dense: the workers' sparse gradients (different numbers of rows) fail
+    its collective all-gather ("Shape mismatch in the collective instance"), a dense
+    all-reduce does not. Every worker holds the whole table there anyway."""
+    if tf.distribute.has_strategy() and isinstance(tf.distribute.get_strategy(),
+                                                   tf.distribute.MultiWorkerMirroredStrategy):
+        return tf.gather(_dense_gradient(tf.convert_to_tensor(table)), ids)
     return tf.nn.embedding_lookup(table, ids)
+
+
+@tf.custom_gradient
+def _dense_gradient(x):
+    """``x`` itself; its gradient made a dense tensor (a gather's is a ``tf.IndexedSlices``)."""
+    return tf.identity(x), tf.convert_to_tensor
 
 
 def padding_inputs(feature_set, names, n=2):
