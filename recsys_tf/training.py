@@ -445,6 +445,8 @@ def train_ranker(model, ds, epochs=2, batch_size=256, learning_rate=1e-3, verbos
         weight_averaging = 0.0
     else:
         train, steps = data(ds.train, batch_size, True), steps_per_epoch
+        if steps:       # epochs of a set number of steps: the data runs on across epochs
+            train = train.repeat()
     if weight_averaging is None:
         weight_averaging = WEIGHT_AVERAGING if fast else 0.0
     averaging = WeightAveraging(weight_averaging)
@@ -645,6 +647,8 @@ def train_retrieval(model, ds, epochs=3, batch_size=256, learning_rate=0.1, verb
         train = make_dataset(fs, ds.retrieval_train, features, batch_size, shuffle=True,
                              seed=seed)
         steps = steps_per_epoch
+        if steps:
+            train = train.repeat()
     with strategy.scope():
         model(padding_inputs(fs, features), training=False)
         model.optimizer.build(model.trainable_variables)
