@@ -312,10 +312,11 @@ def test_one_process_run_resumes_from_its_checkpoint_to_the_same_step_count(tmp_
     from recsys_tf import data, pipeline
 
     ds = data.load("synthetic", None, **dict(TINY, valid_fraction=0.0))
+    per_epoch = -(-len(ds.train) // 256) + 3       # more steps than one pass: data repeats
     run = dict(batch_size=256, checkpoint_dir=str(tmp_path / "ckpt"), verbose=0,
-               options={"dim": 4, "dnn_units": [16]}, logdir=str(tmp_path / "logs"))
+               options={"dim": 4, "dnn_units": [16]}, logdir=str(tmp_path / "logs"),
+               steps_per_epoch=per_epoch)
     first, _ = pipeline.train("deepfm", ds, epochs=2, **run)
-    per_epoch = -(-len(ds.train) // 256)
     assert first["steps"] == 2 * per_epoch and first["strategy"] == "one_device"
     assert (first["n_workers"], first["n_ps"]) == (1, 0)
     second, _ = pipeline.train("deepfm", ds, epochs=3, **run)
