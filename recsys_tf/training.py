@@ -33,6 +33,22 @@ class FusedAdam(keras.optimizers.Adam):
     def __init__(self, learning_rate=1e-3, name="FusedAdam", **kwargs):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
 
+    def add_variable_from_reference(self, model_variable, variable_name, shape=None,
+                                    initial_value=None):
+        """Keras' slot variable, its zeros made where the variable is placed: Keras passes
+        a zeros tensor made in this process, which under a parameter-server strategy is the
+        coordinator - a whole table's worth of memory per slot - and copies it to the
+        parameter server; a callable initial value runs on the parameter server."""
+        if initial_value is None and model_variable.shape.rank is not None:
+            dtype = getattr(model_variable, "true_dtype", model_variable.dtype)
+            zeros_shape = model_variable.shape if shape is None else shape
+
+            def initial_value():
+                return tf.zeros(zeros_shape, dtype=dtype)
+
+        return super().add_variable_from_reference(model_variable, variable_name, shape,
+                                                   initial_value)
+
     def update_step(self, gradient, variable):
         if self.amsgrad or not hasattr(variable, "handle"):
             return super().update_step(gradient, variable)
