@@ -136,7 +136,7 @@ def cmd_train(args):
     with local:
         _say(f"local cluster: {json.dumps(local.cluster)}")
         if strategy_name == "multi_worker":
-            local.start_trainers(_trainer_argv(args, local))
+            local.start_trainers(_trainer_argv(args))
         return _train(args, strategy_name, local)
 
 
@@ -175,7 +175,7 @@ def _strategy_and_cluster(args):
     return name, (workers, ps)
 
 
-def _trainer_argv(args, local):
+def _trainer_argv(args):
     """``multi_worker``: the command the other workers of a local cluster run (this command
     without --local-cluster, exporting and writing nothing of their own)."""
     import tempfile
@@ -193,9 +193,10 @@ def _trainer_argv(args, local):
         if a.split("=", 1)[0] in drop:
             continue
         argv.append(a)
-    scratch = tempfile.mkdtemp(prefix="recsys_tf_worker_")
-    return ([sys.executable, "-m", "recsys_tf.cli"] + argv
-            + ["--strategy", "multi_worker", "--checkpoint-dir", scratch])
+    argv = [sys.executable, "-m", "recsys_tf.cli"] + argv + ["--strategy", "multi_worker"]
+    if args.checkpoint_dir:    # backing up creates variables: all workers or none (collectives)
+        argv += ["--checkpoint-dir", tempfile.mkdtemp(prefix="recsys_tf_worker_")]
+    return argv
 
 
 def _train(args, strategy_name, local):
