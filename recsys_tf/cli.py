@@ -432,7 +432,7 @@ def cmd_cluster_server(args):
     return 0
 
 
-BENCHMARKS = ("ranking", "retrieval", "dien", "serving", "client")
+BENCHMARKS = ("ranking", "retrieval", "dien", "serving", "client", "distributed")
 
 
 def cmd_bench(args):
