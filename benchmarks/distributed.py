@@ -31,19 +31,14 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+
+from recsys_tf import distributed  # noqa: E402  (the checkout's package)
 DATA = ["--data", "synthetic", "--data-option", "n_users=2000", "--data-option",
         "n_items=1000", "--data-option", "n_train=60000", "--data-option", "n_test=2000",
         "--data-option", "valid_fraction=0"]
 STRATEGIES = {"one_device": [], "parameter_server": ["--local-cluster", "workers=2,ps=2"],
               "multi_worker": ["--local-cluster", "workers=2,ps=0"]}
-
-
-def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in env.get("PYTHONPATH", "").split(
-        os.pathsep) if p])
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    return env
 
 
 def _peak_kb(pid):
@@ -75,8 +70,8 @@ def throughput(strategy, epochs, steps, batch, timeout=900):
                 str(batch), "--weight-averaging", "0", "--logdir", os.path.join(tmp, "logs"),
                 "--metrics-out", os.path.join(tmp, "m.json"), *STRATEGIES[strategy]]
         start = time.perf_counter()
-        run = subprocess.run(argv, cwd=ROOT, env=_env(), capture_output=True, text=True,
-                             timeout=timeout)
+        run = subprocess.run(argv, cwd=ROOT, env=distributed.child_environment(),
+                             capture_output=True, text=True, timeout=timeout)
         wall = time.perf_counter() - start
         if run.returncode:
             return {"strategy": strategy, "error": run.stdout[-2000:] + run.stderr[-2000:]}
@@ -93,7 +88,7 @@ def throughput(strategy, epochs, steps, batch, timeout=900):
 def memory_run(rows, steps, dim=16, batch=1024):
     """In this process: the coordinator of a local cluster training a ``[rows, dim]`` table;
     prints one JSON line of peak memories (KiB)."""
-    from recsys_tf import distributed, training
+    from recsys_tf import training
     from recsys_tf.backend import keras, tf
 
     base = _peak_kb(os.getpid())
@@ -130,8 +125,8 @@ def memory_run(rows, steps, dim=16, batch=1024):
 
 def memory(rows, steps, timeout=900):
     run = subprocess.run([sys.executable, __file__, "--memory-run", str(rows), "--steps",
-                          str(steps)], cwd=ROOT, env=_env(), capture_output=True, text=True,
-                         timeout=timeout)
+                          str(steps)], cwd=ROOT, env=distributed.child_environment(),
+                         capture_output=True, text=True, timeout=timeout)
     for line in run.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT "):])

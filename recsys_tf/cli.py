@@ -215,15 +215,15 @@ def _train(args, strategy_name, local):
     ds = _load_data(args)
     _say(f"training {args.model} on {ds.name}: {len(ds.train):,} training rows"
          + (f" ({strategy_name})" if strategy is not None else ""))
-    result, _ = pipeline.train(args.model, ds, epochs=args.epochs, batch_size=args.batch_size,
-                      export_dir=args.export_dir, learning_rate=args.learning_rate,
-                      options=_parse_options(args.model_option, "--model-option"),
-                      scann=not args.no_scann, scann_recall=args.scann_recall,
-                      scann_index_k=args.scann_index_k, embedding_lr_multiplier=args.embedding_lr_multiplier,
-                      weight_averaging=args.weight_averaging,
-                      warmup_batch_sizes=args.warmup_batch_sizes, strategy=strategy,
-                      checkpoint_dir=args.checkpoint_dir, logdir=args.logdir,
-                      steps_per_epoch=args.steps_per_epoch)
+    result, _ = pipeline.train(
+        args.model, ds, epochs=args.epochs, batch_size=args.batch_size,
+        export_dir=args.export_dir, learning_rate=args.learning_rate,
+        options=_parse_options(args.model_option, "--model-option"), scann=not args.no_scann,
+        scann_recall=args.scann_recall, scann_index_k=args.scann_index_k,
+        embedding_lr_multiplier=args.embedding_lr_multiplier,
+        weight_averaging=args.weight_averaging, warmup_batch_sizes=args.warmup_batch_sizes,
+        strategy=strategy, checkpoint_dir=args.checkpoint_dir, logdir=args.logdir,
+        steps_per_epoch=args.steps_per_epoch)
     if local is not None and strategy_name == "parameter_server":
         result["worker_restarts"] = local.restarts
     text = json.dumps(result, indent=2)

@@ -240,6 +240,17 @@ def serve(config=None, wait=True):
 PARENT_ENV = "RECSYS_TF_CLUSTER_PARENT"
 
 
+def child_environment():
+    """This process's environment for a child Python process that must import this copy of
+    ``recsys_tf`` (its root first on ``PYTHONPATH``), with TensorFlow's C++ notices quiet."""
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get(
+        "PYTHONPATH", "").split(os.pathsep) if p])
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return env
+
+
 def exit_with_parent():
     """A server started by :class:`LocalCluster` (``$RECSYS_TF_CLUSTER_PARENT`` = the pid of
     the process that started it) exits when that process is gone, even killed outright."""
@@ -295,14 +306,10 @@ class LocalCluster:
         return {"cluster": self.cluster, "task": {"type": task_type, "index": int(index)}}
 
     def _env(self, task_type, index):
-        env = dict(os.environ)
+        env = child_environment()
         env["TF_CONFIG"] = json.dumps(self.config(task_type, index))
         env.setdefault("GRPC_FAIL_FAST", "use_caller")
         env[PARENT_ENV] = str(os.getpid())
-        env["TF_CPP_MIN_LOG_LEVEL"] = env.get("TF_CPP_MIN_LOG_LEVEL", "2")
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get(
-            "PYTHONPATH", "").split(os.pathsep) if p])
         return env
 
     def _spawn(self, task_type, index, argv):

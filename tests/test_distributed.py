@@ -48,14 +48,6 @@ json.dump(metrics, open(out + "/metrics.json", "w"))
 TABLES = {"deepfm": "embeddings_4d", "two_tower": "embedding_item_id"}
 
 
-def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in env.get("PYTHONPATH", "").split(
-        os.pathsep) if p])
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    return env
-
-
 class Child:
     """A child process in a process group of its own, its output in a file; killed with its
     whole group (and so every cluster process it started) when the test ends."""
@@ -63,8 +55,9 @@ class Child:
     def __init__(self, argv, log):
         self.log = log
         self._out = open(log, "wb")
-        self.proc = subprocess.Popen(argv, cwd=ROOT, env=_env(), stdout=self._out,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(argv, cwd=ROOT, env=distributed.child_environment(),
+                                     stdout=self._out, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
 
     def text(self):
         with open(self.log, "rb") as f:
