@@ -64,3 +64,29 @@ def test_too_few_shards_or_none_are_named(shards):
         data.load("criteo", None, path=str(shards / "day_[01].txt"))
     with pytest.raises(FileNotFoundError, match="no file matches"):
         data.load("criteo", None, path=str(shards / "nothing_*.txt"))
+
+
+@pytest.mark.slow
+def test_a_local_cluster_trains_on_the_shards(shards, tmp_path):
+    """deepfm on the shards under parameter_server (2 workers reading their own files, 2
+    parameter servers holding the table in 2 parts); its cluster's processes end with it."""
+    import json
+    import subprocess
+    import sys
+
+    from recsys_tf import distributed
+
+    out = tmp_path / "m.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "recsys_tf.cli", "train", "deepfm", "--data", "criteo",
+         "--data-option", f"path={shards}/day_*.txt", "--data-option", "min_count=2",
+         "--local-cluster", "workers=2,ps=2", "--epochs", "2", "--steps-per-epoch", "4",
+         "--batch-size", "64", "--model-option", "dim=4", "--model-option", "dnn_units=[16]",
+         "--min-shard-bytes", "64", "--metrics-out", str(out)],
+        env=distributed.child_environment(), capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    m = json.loads(out.read_text())
+    assert (m["dataset"], m["strategy"], m["steps"], m["n_train"]) == (
+        "criteo", "parameter_server", 8, 540)
+    assert m["sharded_variables"]["deep_fm_1/fields/embeddings_4d"] == 2
+    assert 0 <= m["auc"] <= 1 and m["restored_max_abs_diff"] <= 1e-5
