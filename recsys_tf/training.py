@@ -6,6 +6,7 @@ All training runs under a ``tf.distribute`` strategy (the default one unless giv
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 import weakref
@@ -579,8 +580,6 @@ class EpochSummaries(keras.callbacks.Callback):
         self._start = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
-        import os
-
         if self._writer is None:
             self._writer = tf.summary.create_file_writer(os.path.join(self.logdir, "train"))
         seconds = max(time.perf_counter() - (self._start or time.perf_counter()), 1e-9)
