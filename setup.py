@@ -24,7 +24,7 @@ setup(
     python_requires=">=3.10,<3.13",
     install_requires=STACK,
     extras_require={
-        "dev": ["pytest>=7", "nbclient", "nbformat", "ipykernel", "jinja2"],
+        "dev": ["pytest>=7", "nbclient", "nbformat", "ipykernel", "jinja2", "pyyaml"],
         "bench": ["deepctr==0.9.4"],
     },
     entry_points={"console_scripts": ["recsys-tf=recsys_tf.cli:main"]},

@@ -3,6 +3,9 @@
     recsys-tf data DATASET [--data-dir DIR]
     recsys-tf train MODEL --data DATASET [--data-dir DIR] [--epochs N] [--batch-size B]
                     [--export-dir DIR] [--metrics-out FILE.json]
+                    [--strategy one_device|multi_worker|parameter_server]
+                    [--local-cluster workers=N,ps=M] [--checkpoint-dir DIR] [--logdir DIR]
+    recsys-tf cluster-server            (a worker or parameter server, from TF_CONFIG)
     recsys-tf evaluate --model-dir saved_models/NAME/V --data DATASET [--data-dir DIR]
     recsys-tf export [--export-dir DIR] [--config-out FILE]
     recsys-tf serve [--model-config FILE] [--model-base-path DIR] [--port P]
@@ -136,17 +139,115 @@ def cmd_train(args):
     bad = [n for n in args.warmup_batch_sizes if n < 1]
     if bad:
         raise UsageError(f"--warmup-batch-sizes {bad[0]}: expected a number of rows >= 1")
-    ds = _load_data(args)
-    _say(f"training {args.model} on {ds.name}: {len(ds.train):,} training rows")
-    from recsys_tf import pipeline
+    from recsys_tf import distributed
 
+    try:
+        strategy_name, cluster = _strategy_and_cluster(args)
+    except distributed.ClusterError as e:
+        raise UsageError(str(e)) from None
+    distributed.exit_with_parent()     # a multi_worker trainer started by a local cluster
+    if cluster is None:
+        return _train(args, strategy_name, None)
+    # SIGTERM or SIGKILL end this process at once; the cluster's processes then end on their
+    # own (they watch this process); Ctrl-C and errors stop them on the way out
+    local = distributed.LocalCluster(*cluster, log_dir=args.cluster_log_dir)
+    try:
+        local.start()
+    except distributed.ClusterError as e:
+        print(f"error: --local-cluster {args.local_cluster}: {e}", file=sys.stderr, flush=True)
+        return 1
+    with local:
+        _say(f"local cluster: {json.dumps(local.cluster)}")
+        if strategy_name == "multi_worker":
+            local.start_trainers(_trainer_argv(args))
+        return _train(args, strategy_name, local)
+
+
+def _strategy_and_cluster(args):
+    """(strategy name, (workers, ps) of a local cluster or None), checked."""
+    from recsys_tf import distributed
+
+    name = args.strategy
+    if name is not None and name not in distributed.STRATEGIES:
+        raise distributed.ClusterError(
+            f"--strategy {name!r}: expected one of {', '.join(distributed.STRATEGIES)}")
+    if args.steps_per_epoch is not None and args.steps_per_epoch < 1:
+        raise distributed.ClusterError(
+            f"--steps-per-epoch {args.steps_per_epoch}: expected a number of steps >= 1")
+    if args.min_shard_bytes is not None and args.min_shard_bytes < 1:
+        raise distributed.ClusterError(
+            f"--min-shard-bytes {args.min_shard_bytes}: expected a number of bytes >= 1")
+    if args.local_cluster is None:
+        if name not in (None, "one_device"):
+            distributed.tf_config()                  # a malformed TF_CONFIG is named now
+        return name or "one_device", None
+    workers, ps = distributed.parse_local_cluster(args.local_cluster)
+    name = name or ("parameter_server" if ps else "multi_worker")
+    if name == "parameter_server" and not ps:
+        raise distributed.ClusterError(
+            f"--local-cluster {args.local_cluster!r} with --strategy parameter_server: expected "
+            "ps >= 1")
+    if name == "multi_worker" and ps:
+        raise distributed.ClusterError(
+            f"--local-cluster {args.local_cluster!r} with --strategy multi_worker: expected ps=0 "
+            "(multi_worker has no parameter servers)")
+    if name == "one_device":
+        raise distributed.ClusterError(
+            f"--local-cluster {args.local_cluster!r} with --strategy one_device: expected "
+            "parameter_server or multi_worker")
+    return name, (workers, ps)
+
+
+def _trainer_argv(args):
+    """``multi_worker``: the command the other workers of a local cluster run (this command
+    without --local-cluster, exporting and writing nothing of their own)."""
+    import tempfile
+
+    argv, skip = [], False
+    drop = {"--local-cluster", "--export-dir", "--metrics-out", "--checkpoint-dir", "--logdir",
+            "--strategy"}
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+            continue
+        if a in drop:
+            skip = True
+            continue
+        if a.split("=", 1)[0] in drop:
+            continue
+        argv.append(a)
+    argv = [sys.executable, "-m", "recsys_tf.cli"] + argv + ["--strategy", "multi_worker"]
+    if args.checkpoint_dir:    # backing up creates variables: all workers or none (collectives)
+        argv += ["--checkpoint-dir", tempfile.mkdtemp(prefix="recsys_tf_worker_")]
+    return argv
+
+
+def _train(args, strategy_name, local):
+    from recsys_tf import distributed, pipeline
+
+    if local is not None:
+        strategy = local.strategy(strategy_name, **_shard_option(args))
+    elif strategy_name != "one_device":
+        try:
+            strategy = distributed.make_strategy(strategy_name, **_shard_option(args))
+        except distributed.ClusterError as e:
+            raise UsageError(str(e)) from None
+    else:
+        strategy = None
+    ds = _load_data(args)
+    _say(f"training {args.model} on {ds.name}: {len(ds.train):,} training rows"
+         + (f" ({strategy_name})" if strategy is not None else ""))
     result, _ = pipeline.train(
         args.model, ds, epochs=args.epochs, batch_size=args.batch_size,
         export_dir=args.export_dir, learning_rate=args.learning_rate,
-        options=_parse_options(args.model_option, "--model-option"),
-        scann=not args.no_scann, scann_recall=args.scann_recall,
-        scann_index_k=args.scann_index_k, embedding_lr_multiplier=multiplier,
-        weight_averaging=averaging, warmup_batch_sizes=args.warmup_batch_sizes)
+        options=_parse_options(args.model_option, "--model-option"), scann=not args.no_scann,
+        scann_recall=args.scann_recall, scann_index_k=args.scann_index_k,
+        embedding_lr_multiplier=args.embedding_lr_multiplier,
+        weight_averaging=args.weight_averaging, warmup_batch_sizes=args.warmup_batch_sizes,
+        strategy=strategy, checkpoint_dir=args.checkpoint_dir, logdir=args.logdir,
+        steps_per_epoch=args.steps_per_epoch)
+    if local is not None and strategy_name == "parameter_server":
+        result["worker_restarts"] = local.restarts
     text = json.dumps(result, indent=2)
     print(text)
     if args.metrics_out:
@@ -154,6 +255,10 @@ def cmd_train(args):
         with open(args.metrics_out, "w") as f:
             f.write(text + "\n")
     return 0
+
+
+def _shard_option(args):
+    return {} if args.min_shard_bytes is None else {"min_shard_bytes": args.min_shard_bytes}
 
 
 # -- evaluate ------------------------------------------------------------------------------
@@ -338,7 +443,27 @@ def cmd_demo(args):
     return 0
 
 
-BENCHMARKS = ("ranking", "retrieval", "dien", "serving", "client")
+# -- cluster-server ------------------------------------------------------------------------
+def cmd_cluster_server(args):
+    """A worker or parameter server of a training cluster, as ``TF_CONFIG`` describes it."""
+    from recsys_tf import distributed
+
+    try:
+        config = distributed.tf_config()
+        if not config:
+            raise UsageError("TF_CONFIG is not set; expected the cluster and this task, e.g. "
+                             '{"cluster": {"chief": [...], "worker": [...], "ps": [...]}, '
+                             '"task": {"type": "ps", "index": 0}}')
+        task = config.get("task") or {}
+        _say(f"cluster-server: {task.get('type')} {task.get('index', 0)} of "
+             f"{json.dumps(config['cluster'])}")
+        distributed.serve(config)
+    except distributed.ClusterError as e:
+        raise UsageError(str(e)) from None
+    return 0
+
+
+BENCHMARKS = ("ranking", "retrieval", "dien", "serving", "client", "distributed")
 
 
 def cmd_bench(args):
@@ -401,6 +526,26 @@ def build_parser():
                    "a batching TF Serving runs the model at those batch sizes when it loads "
                    "(its allowed_batch_sizes, or its max_batch_size; each at most "
                    "max_batch_size)")
+    s.add_argument("--strategy", default=None, metavar="NAME",
+                   help="one_device (default: this process alone), parameter_server (this "
+                   "process coordinates the workers and parameter servers of TF_CONFIG; tables "
+                   "are sharded across the parameter servers) or multi_worker (every worker of "
+                   "TF_CONFIG runs this command; each holds a full copy of the model)")
+    s.add_argument("--local-cluster", default=None, metavar="workers=N,ps=M",
+                   help="start that cluster as processes on 127.0.0.1, train on it, stop them "
+                   "(strategy: parameter_server when M > 0, else multi_worker)")
+    s.add_argument("--checkpoint-dir", default=None, metavar="DIR",
+                   help="back up the training state at every epoch's end; a run started again "
+                   "with the same arguments resumes from the last backup")
+    s.add_argument("--logdir", default=None, metavar="DIR",
+                   help="TensorBoard summaries: loss, validation AUC, examples/s per epoch")
+    s.add_argument("--steps-per-epoch", type=int, default=None, metavar="N",
+                   help="training steps an epoch (default: one pass over the training data)")
+    s.add_argument("--min-shard-bytes", type=int, default=None, metavar="B",
+                   help="parameter_server: variables above B bytes are sharded, at most one "
+                   "part per parameter server (default 262144)")
+    s.add_argument("--cluster-log-dir", default=None, metavar="DIR",
+                   help="--local-cluster: write each process's output to DIR/<type>-<i>.log")
     s.set_defaults(fn=cmd_train)
 
     s = sub.add_parser("evaluate", help="score an exported ranker on a data set's test split")
@@ -480,6 +625,10 @@ def build_parser():
     s.add_argument("--epochs-ranker", type=int, default=2)
     s.add_argument("--diversity", type=float, default=0.2)
     s.set_defaults(fn=cmd_demo)
+
+    s = sub.add_parser("cluster-server", help="run a worker or parameter server of a training "
+                       "cluster, as TF_CONFIG describes it (blocks until stopped)")
+    s.set_defaults(fn=cmd_cluster_server)
 
     s = sub.add_parser("bench", help="run a benchmark from benchmarks/ (JSON + plot in "
                        "benchmarks/results/)")

@@ -6,6 +6,7 @@ All training runs under a ``tf.distribute`` strategy (the default one unless giv
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 import weakref
@@ -15,6 +16,7 @@ import numpy as np
 from recsys_tf import metrics as M
 from recsys_tf.averaging import WeightAveraging
 from recsys_tf.backend import keras, tf
+from recsys_tf.layers.embedding import padding_inputs
 
 
 class FusedAdam(keras.optimizers.Adam):
@@ -31,6 +33,22 @@ class FusedAdam(keras.optimizers.Adam):
 
     def __init__(self, learning_rate=1e-3, name="FusedAdam", **kwargs):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+
+    def add_variable_from_reference(self, model_variable, variable_name, shape=None,
+                                    initial_value=None):
+        """Keras' slot variable, its zeros made where the variable is placed: Keras passes
+        a zeros tensor made in this process, which under a parameter-server strategy is the
+        coordinator - a whole table's worth of memory per slot - and copies it to the
+        parameter server; a callable initial value runs on the parameter server."""
+        if initial_value is None and model_variable.shape.rank is not None:
+            dtype = getattr(model_variable, "true_dtype", model_variable.dtype)
+            zeros_shape = model_variable.shape if shape is None else shape
+
+            def initial_value():
+                return tf.zeros(zeros_shape, dtype=dtype)
+
+        return super().add_variable_from_reference(model_variable, variable_name, shape,
+                                                   initial_value)
 
     def update_step(self, gradient, variable):
         if self.amsgrad or not hasattr(variable, "handle"):
@@ -345,7 +363,8 @@ def ranker_optimizer(model, learning_rate=1e-3, optimizer="lazy_adam",
 def train_ranker(model, ds, epochs=2, batch_size=256, learning_rate=1e-3, verbose=None,
                  patience=1, strategy=None, seed=0, optimizer=None, steps_per_execution=None,
                  encode=None, jit_compile=False, sort_by_length=None,
-                 embedding_lr_multiplier=EMBEDDING_LR_MULTIPLIER, weight_averaging=None):
+                 embedding_lr_multiplier=EMBEDDING_LR_MULTIPLIER, weight_averaging=None,
+                 checkpoint_dir=None, logdir=None, encoder=None, steps_per_epoch=None):
     """Fits a ranker on ``ds.train`` (early stopping on ``ds.valid``'s AUC when there is one,
     keeping the best epoch's weights).
 
@@ -385,11 +404,24 @@ def train_ranker(model, ds, epochs=2, batch_size=256, learning_rate=1e-3, verbos
         model's ``length_feature`` when it has one (DIEN, which cuts each batch after its
         longest history), else False.
 
+      strategy: a ``tf.distribute`` strategy (:mod:`recsys_tf.distributed`); the model must
+        have been built under its scope. Under ``parameter_server`` and ``multi_worker`` the
+        data is fed by a dataset function, each worker reading its own share, repeated, in
+        ``steps_per_epoch`` steps an epoch (default: one pass over ``ds.train``); all epochs
+        run (no early stopping) and weight averaging is off.
+      checkpoint_dir: back up the training state there at every epoch's end
+        (``keras.callbacks.BackupAndRestore``); a run started again with the same arguments
+        resumes after the last backed-up epoch, to the same total step count.
+      logdir: TensorBoard summaries of every epoch (:class:`EpochSummaries`).
+      encoder: a model of the same features that does the lookups of the encoded inputs
+        (default ``model``; under a distributed strategy, a copy built without it).
+
     ``ds.train``/``ds.valid`` may be DataFrames or lazily read splits (streaming Criteo). Returns
-    a dict with ``train_seconds``, ``train_examples_per_sec``, ``epochs_run`` and the per-epoch
-    ``history``.
+    a dict with ``train_seconds``, ``train_examples_per_sec``, ``epochs_run``, ``steps`` (the
+    optimizer's step count at the end) and the per-epoch ``history``.
     """
     strategy = strategy or tf.distribute.get_strategy()
+    spread = _distributed(strategy)
     fs, label = ds.feature_set, ds.feature_set.label
     fast = bool(getattr(model, "supports_encoded_inputs", False))
     encode = fast if encode is None else encode
@@ -403,38 +435,168 @@ def train_ranker(model, ds, epochs=2, batch_size=256, learning_rate=1e-3, verbos
                       steps_per_execution=max(1, int(steps_per_execution)),
                       jit_compile=bool(jit_compile))
     build = encoded_dataset if encode else None
+    encoder = encoder or model
     if sort_by_length is None:
         sort_by_length = getattr(model, "length_feature", None)
 
     def data(frame, size, shuffle):
         by = sort_by_length or None
         if build is not None:
-            return build(model, fs, frame, size, label, shuffle=shuffle, seed=seed,
+            return build(encoder, fs, frame, size, label, shuffle=shuffle, seed=seed,
                          sort_by_length=by)
         return make_dataset(fs, frame, model.features, size, label, shuffle=shuffle, seed=seed,
                             sort_by_length=by)
 
-    train = data(ds.train, batch_size, True)
+    if spread and _is_split(ds.train):         # files: each worker parses its own share
+        train, steps = distributed_data(strategy, ds.train, batch_size, seed, steps_per_epoch,
+                                        features=model.features)
+        weight_averaging = 0.0
+    elif spread:
+        if build is not None:
+            features = encoded_arrays(encoder, fs, ds.train)
+        else:
+            features = fs.arrays(ds.train, model.features)
+        train, steps = distributed_data(
+            strategy, (features, ds.train[label].to_numpy(dtype=np.float32)), batch_size,
+            seed, steps_per_epoch)
+        weight_averaging = 0.0
+    else:
+        train, steps = data(ds.train, batch_size, True), steps_per_epoch
+        if steps:       # epochs of a set number of steps: the data runs on across epochs
+            train = train.repeat()
     if weight_averaging is None:
         weight_averaging = WEIGHT_AVERAGING if fast else 0.0
     averaging = WeightAveraging(weight_averaging)
     callbacks = [averaging] if averaging.momentum else []
     if ds.valid is not None and _n_rows(ds.valid):
         valid = data(ds.valid, 4096, False).map(_features_only)
-        callbacks += [ValidationMetrics(valid, np.asarray(ds.valid[label]), averaging),
-                      keras.callbacks.EarlyStopping(monitor="val_auc", mode="max",
-                                                    patience=patience,
-                                                    restore_best_weights=True)]
-    start = time.perf_counter()
+        callbacks.append(ValidationMetrics(valid, np.asarray(ds.valid[label]), averaging))
+        if not spread:
+            callbacks.append(keras.callbacks.EarlyStopping(
+                monitor="val_auc", mode="max", patience=patience, restore_best_weights=True))
     with strategy.scope():
         build_for_training(model)
-    hist = model.fit(train, epochs=epochs, callbacks=callbacks, verbose=_verbose(verbose))
+    examples = (steps * batch_size) if steps else _n_rows(ds.train)
+    return _fit(model, train, epochs, steps, callbacks, examples, checkpoint_dir, logdir,
+                verbose, {"weight_averaging": averaging.momentum})
+
+
+def _distributed(strategy):
+    from recsys_tf import distributed
+
+    return strategy is not None and distributed.strategy_name(strategy) != "one_device"
+
+
+def _fit(model, train, epochs, steps, callbacks, examples_per_epoch, checkpoint_dir, logdir,
+         verbose, extra):
+    """``model.fit`` with the backup/restore and summary callbacks; the trainer's result."""
+    callbacks = list(callbacks)
+    if logdir:
+        callbacks.append(EpochSummaries(logdir, examples_per_epoch))
+    if checkpoint_dir:
+        callbacks.append(keras.callbacks.BackupAndRestore(checkpoint_dir, save_freq="epoch",
+                                                          delete_checkpoint=False))
+    iterations = model.optimizer.iterations if not isinstance(model.optimizer, (
+        list, tuple)) else model.optimizer[1].iterations
+    start = time.perf_counter()
+    hist = model.fit(train, epochs=epochs, steps_per_epoch=steps, callbacks=callbacks,
+                     verbose=_verbose(verbose))
     seconds = time.perf_counter() - start
     epochs_run = len(hist.history.get("loss", []))
-    return {"train_seconds": seconds, "epochs_run": epochs_run,
-            "weight_averaging": averaging.momentum,
-            "train_examples_per_sec": _n_rows(ds.train) * epochs_run / max(seconds, 1e-9),
+    steps_done = int(iterations.numpy())
+    return {"train_seconds": seconds, "epochs_run": epochs_run, "steps": steps_done, **extra,
+            "train_examples_per_sec": examples_per_epoch * epochs_run / max(seconds, 1e-9),
             "history": {k: [float(v) for v in vs] for k, vs in hist.history.items()}}
+
+
+def encoded_arrays(model, feature_set, frame, chunk=1 << 16):
+    """``model.encode_inputs`` of every row of ``frame`` as numpy arrays."""
+    encode = _cached_fn(_ENCODE_FNS, model, lambda m, x: m.encode_inputs(x))
+    x = feature_set.arrays(frame, model.features)
+    parts = [encode({k: tf.constant(v[s:s + chunk]) for k, v in x.items()})
+             for s in range(0, max(len(frame), 1), chunk)]
+    return {k: np.concatenate([p[k].numpy() for p in parts]) for k in parts[0]}
+
+
+def distributed_data(strategy, arrays, batch_size, seed=0, steps_per_epoch=None,
+                     features=None):
+    """Training data for ``model.fit`` under a ``parameter_server`` or ``multi_worker``
+    strategy: ``(data, steps_per_epoch)``.
+
+    ``arrays``: a structure of ``[n, ...]`` numpy arrays, or a lazily read split of files
+    (with a ``tf_dataset`` method taking an ``input_context``; ``features``: the raw features
+    to parse). Each worker's input pipeline reads its own share (``shard(num_input_pipelines,
+    input_pipeline_id)``, or its own files), shuffled with its own seed, repeated without end
+    and batched (a finite dataset would end a parameter-server worker with
+    ``OutOfRangeError``), so ``fit`` runs ``steps_per_epoch`` steps an epoch (default:
+    ``n // batch_size``, one pass over the data across all workers).
+    """
+    split = _is_split(arrays)
+    n = len(arrays) if split else len(tf.nest.flatten(arrays)[0])
+    steps = int(steps_per_epoch or max(1, n // int(batch_size)))
+
+    def dataset_fn(context=None):
+        if split:
+            size = (context.get_per_replica_batch_size(int(batch_size)) if context is not None
+                    else int(batch_size))
+            return arrays.tf_dataset(features, batch_size=size, label=True, shuffle=True,
+                                     seed=seed, input_context=context).repeat()
+        data = tf.data.Dataset.from_tensor_slices(arrays)
+        shard = 0
+        size = int(batch_size)
+        if context is not None:
+            shard = context.input_pipeline_id
+            size = context.get_per_replica_batch_size(int(batch_size))
+            if context.num_input_pipelines > 1:
+                data = data.shard(context.num_input_pipelines, shard)
+        data = data.shuffle(min(n, 1 << 16), seed=int(seed) * 1009 + shard,
+                            reshuffle_each_iteration=True)
+        return data.repeat().batch(size, drop_remainder=True).prefetch(2)
+
+    from recsys_tf import distributed
+
+    if distributed.is_parameter_server(strategy):
+        return keras.utils.experimental.DatasetCreator(dataset_fn), steps
+    return strategy.distribute_datasets_from_function(dataset_fn), steps
+
+
+class EpochSummaries(keras.callbacks.Callback):
+    """TensorBoard summaries at every epoch's end: every number in the epoch's logs (the
+    training ``loss``, ``val_auc`` and ``val_loss`` when validated) and ``examples_per_sec``
+    (``examples_per_epoch`` over the epoch's wall time), written by this process to
+    ``logdir/train`` under the epoch's global step count.
+
+    Args:
+      logdir: the TensorBoard log directory.
+      examples_per_epoch: training rows (or steps x batch size) an epoch.
+    """
+
+    def __init__(self, logdir, examples_per_epoch):
+        super().__init__()
+        self.logdir, self.examples_per_epoch = logdir, int(examples_per_epoch)
+        self._writer, self._start = None, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(os.path.join(self.logdir, "train"))
+        seconds = max(time.perf_counter() - (self._start or time.perf_counter()), 1e-9)
+        values = dict(logs or {})
+        values["examples_per_sec"] = self.examples_per_epoch / seconds
+        with self._writer.as_default():
+            for key, value in values.items():
+                try:
+                    tf.summary.scalar(key, float(value), step=epoch + 1)
+                except (TypeError, ValueError):
+                    continue
+        self._writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
 
 def build_for_training(model):
@@ -482,21 +644,32 @@ def evaluate_ranker(model, ds, frame=None):
 
 
 def train_retrieval(model, ds, epochs=3, batch_size=256, learning_rate=0.1, verbose=None,
-                    strategy=None, seed=0):
-    """Fits a two-tower model on ``ds.retrieval_train`` (Adagrad, as in TFRS's tutorials)."""
+                    strategy=None, seed=0, checkpoint_dir=None, logdir=None,
+                    steps_per_epoch=None):
+    """Fits a two-tower model on ``ds.retrieval_train`` (Adagrad, as in TFRS's tutorials).
+    ``strategy``, ``checkpoint_dir``, ``logdir`` and ``steps_per_epoch`` as in
+    :func:`train_ranker`."""
     strategy = strategy or tf.distribute.get_strategy()
     fs = ds.feature_set
     model.set_item_frequencies(ds.retrieval_train[fs.item_id].to_numpy())
     with strategy.scope():
         model.compile(optimizer=keras.optimizers.Adagrad(learning_rate))
     features = model.query_features + model.candidate_features
-    train = make_dataset(fs, ds.retrieval_train, features, batch_size, shuffle=True, seed=seed)
-    start = time.perf_counter()
-    hist = model.fit(train, epochs=epochs, verbose=_verbose(verbose))
-    seconds = time.perf_counter() - start
-    return {"train_seconds": seconds, "epochs_run": epochs,
-            "train_examples_per_sec": len(ds.retrieval_train) * epochs / max(seconds, 1e-9),
-            "history": {k: [float(v) for v in vs] for k, vs in hist.history.items()}}
+    if _distributed(strategy):
+        train, steps = distributed_data(strategy, fs.arrays(ds.retrieval_train, features),
+                                        batch_size, seed, steps_per_epoch)
+    else:
+        train = make_dataset(fs, ds.retrieval_train, features, batch_size, shuffle=True,
+                             seed=seed)
+        steps = steps_per_epoch
+        if steps:
+            train = train.repeat()
+    with strategy.scope():
+        model(padding_inputs(fs, features), training=False)
+        model.optimizer.build(model.trainable_variables)
+    examples = (steps * batch_size) if steps else len(ds.retrieval_train)
+    return _fit(model, train, epochs, steps, [], examples, checkpoint_dir, logdir, verbose, {})
+
 
 
 def item_embeddings(model, feature_set, items, batch_size=8192):

@@ -31,6 +31,8 @@ NOTEBOOKS = [
     "02_ranking_zoo.ipynb",
     "03_dien_sequences.ipynb",
     "04_serving_and_reranking.ipynb",
+    # a local cluster of 4 processes, then a server process: about 2 min on a busy machine
+    pytest.param("05_beyond_one_machine.ipynb", marks=pytest.mark.slow),
 ]
 NAMES = [n if isinstance(n, str) else n.values[0] for n in NOTEBOOKS]
 

@@ -415,6 +415,25 @@ class _PartitionedCounter:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def count_train(raw_frames, integers, min_count, partitions=1):
+    """The streaming pass over the train rows (raw pandas chunks): ``(vocabularies, integer
+    statistics, counters)``, in the memory of one chunk plus one counting partition."""
+    cat_cols = CAT_COLUMNS + (INT_COLUMNS if integers == "bucket" else ())
+    counts = _PartitionedCounter(cat_cols, partitions=partitions)
+    counter, sums = {}, {c: np.zeros(3) for c in INT_COLUMNS}
+    try:
+        for raw in raw_frames:
+            chunk = _typed(raw, integers, counter)
+            counts.add(chunk)
+            if integers == "log":
+                for c in INT_COLUMNS:
+                    sums[c] += _log_stats(chunk[c].to_numpy(np.float64))
+        vocabs = counts.vocabularies(min_count)
+    finally:
+        counts.close()
+    return vocabs, (_stats_from_sums(sums) if integers == "log" else {}), counter
+
+
 # -- the FeatureSet ---------------------------------------------------------------------------
 def feature_set(vocabs: dict, int_stats: dict | None = None, integers: str = "log",
                 dim: int = 16) -> FeatureSet:
@@ -518,18 +537,26 @@ class CriteoSplit:
 
     # -- tf.data --------------------------------------------------------------------------
     def tf_dataset(self, features=None, batch_size=256, label=True, shuffle=False, seed=0,
-                   shuffle_buffer=100_000):
+                   shuffle_buffer=100_000, input_context=None):
         """Batches of ``(features dict[, label])`` parsed from the file with tf.data.
 
         Lines are read by ``TextLineDataset`` (skipping to this split), bad lines dropped by
         their line number, optionally shuffled with a buffer of ``shuffle_buffer`` lines,
-        batched, then split and converted with vectorised ``tf.strings`` ops."""
+        batched, then split and converted with vectorised ``tf.strings`` ops.
+        ``input_context`` (a ``tf.distribute.InputContext``): this input pipeline reads every
+        ``num_input_pipelines``-th line from its ``input_pipeline_id`` on (its own share)."""
+        lines = self.lines()
+        n = self.n_rows
+        if input_context is not None and input_context.num_input_pipelines > 1:
+            k, i = input_context.num_input_pipelines, input_context.input_pipeline_id
+            lines, n = lines.shard(k, i), len(range(i, self.n_rows, k))
+        return _batched(lines, n, features, self.integers, batch_size, label, shuffle, seed,
+                        shuffle_buffer)
+
+    def lines(self):
+        """The split's good lines, in file order (a ``tf.data`` dataset of strings)."""
         from recsys_tf.backend import tf
 
-        features = list(COLUMNS[1:] if features is None else features)
-        for n in features:
-            if n not in COLUMNS[1:]:
-                raise KeyError(f"{n!r} is not a Criteo feature; features are {list(COLUMNS[1:])}")
         lines = tf.data.TextLineDataset(self.scan.path).skip(self.first_line).take(
             self.end_line - self.first_line)
         if len(self.bad_lines):
@@ -542,14 +569,26 @@ class CriteoSplit:
                 return tf.not_equal(bad[j], i)
 
             lines = lines.enumerate().filter(good).map(lambda i, s: s)
-        if shuffle:
-            lines = lines.shuffle(min(int(shuffle_buffer), max(self.n_rows, 1)), seed=seed,
-                                  reshuffle_each_iteration=True)
-        parse = make_line_parser(features, self.integers, label)
-        # a known size lets Keras run several steps per call
-        batches = lines.batch(batch_size).apply(tf.data.experimental.assert_cardinality(
-            -(-self.n_rows // int(batch_size))))
-        return batches.map(parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+        return lines
+
+
+def _batched(lines, n_rows, features, integers, batch_size, label, shuffle, seed,
+             shuffle_buffer):
+    """``lines`` (``n_rows`` of them) shuffled, batched and parsed (see ``tf_dataset``)."""
+    from recsys_tf.backend import tf
+
+    features = list(COLUMNS[1:] if features is None else features)
+    for n in features:
+        if n not in COLUMNS[1:]:
+            raise KeyError(f"{n!r} is not a Criteo feature; features are {list(COLUMNS[1:])}")
+    if shuffle:
+        lines = lines.shuffle(min(int(shuffle_buffer), max(n_rows, 1)), seed=seed,
+                              reshuffle_each_iteration=True)
+    parse = make_line_parser(features, integers, label)
+    # a known size lets Keras run several steps per call
+    batches = lines.batch(batch_size).apply(tf.data.experimental.assert_cardinality(
+        -(-n_rows // int(batch_size))))
+    return batches.map(parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 def make_line_parser(features, integers="log", label=True):
@@ -612,7 +651,8 @@ def load(data_dir: str | None = None, path: str | None = None, min_count: int = 
 
     Args:
       data_dir: directory holding ``criteo/train.txt`` (default ``$RECSYS_TF_DATA_DIR``).
-      path: the file itself (overrides ``data_dir``).
+      path: the file itself (overrides ``data_dir``), or a glob of Criteo-format shards
+        (``path='/data/criteo/day_*.txt'``: see :mod:`recsys_tf.data.criteo_shards`).
       min_count: a category enters the vocabulary with at least this many train rows.
       integers: ``"log"`` (Numeric, log1p inside the model) or ``"bucket"`` (BARS buckets).
       on_bad_lines: ``"error"`` (default) or ``"skip"`` (counted in ``info``).
@@ -626,6 +666,12 @@ def load(data_dir: str | None = None, path: str | None = None, min_count: int = 
     _check_on_bad_lines(on_bad_lines)
     if int(min_count) < 1:
         raise ValueError(f"min_count={min_count}, expected >= 1")
+    if path and any(ch in os.fspath(path) for ch in "*?["):
+        from recsys_tf.data.criteo_shards import load_shards
+
+        return load_shards(path, min_count=min_count, integers=integers,
+                           on_bad_lines=on_bad_lines, dim=dim, chunksize=chunksize,
+                           partition_bytes=partition_bytes)
     fn = resolve_path(data_dir, path)
     if not os.path.isfile(fn):
         raise FileNotFoundError(
@@ -657,19 +703,8 @@ def load(data_dir: str | None = None, path: str | None = None, min_count: int = 
         valid = CriteoSplit(sc, n_tr, n_va, integers, "valid")
         test = CriteoSplit(sc, n_tr + n_va, n_te, integers, "test")
         parts = max(1, math.ceil(size * SPLIT_FRACTIONS[0] / max(int(partition_bytes), 1)))
-        counter_ = _PartitionedCounter(cat_cols, partitions=parts)
-        counter, sums = {}, {c: np.zeros(3) for c in INT_COLUMNS}
-        try:
-            for raw in train.iter_frames(chunksize=chunksize, raw=True):
-                chunk = _typed(raw, integers, counter)
-                counter_.add(chunk)
-                if integers == "log":
-                    for c in INT_COLUMNS:
-                        sums[c] += _log_stats(chunk[c].to_numpy(np.float64))
-            vocabs = counter_.vocabularies(min_count)
-        finally:
-            counter_.close()
-        stats = _stats_from_sums(sums) if integers == "log" else {}
+        vocabs, stats, counter = count_train(train.iter_frames(chunksize=chunksize, raw=True),
+                                             integers, min_count, parts)
 
     fs = feature_set(vocabs, stats, integers=integers, dim=dim)
     label_rate = float(train[LABEL].mean()) if n_tr else float("nan")

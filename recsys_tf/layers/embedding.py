@@ -71,6 +71,36 @@ def repeat_rows(x, rows=None):
     return tf.broadcast_to(x, tf.concat([[rows], tf.shape(x)[1:]], 0))
 
 
+def rows_of(table, ids):
+    """Rows ``ids`` (any shape) of ``table``: ``tf.gather(table, ids)``, through
+    ``tf.nn.embedding_lookup`` so that a table sharded across parameter servers (a
+    ``ShardedVariable``, on which ``tf.gather`` fails) is looked up shard by shard.
+
+    Under ``MultiWorkerMirroredStrategy`` the lookup is a gather from the table's value, so
+    its gradient is dense: the workers' sparse gradients (different numbers of rows) fail
+    its collective all-gather ("Shape mismatch in the collective instance"), a dense
+    all-reduce does not. Every worker holds the whole table there anyway."""
+    if tf.distribute.has_strategy() and isinstance(tf.distribute.get_strategy(),
+                                                   tf.distribute.MultiWorkerMirroredStrategy):
+        return tf.gather(_dense_gradient(tf.convert_to_tensor(table)), ids)
+    return tf.nn.embedding_lookup(table, ids)
+
+
+@tf.custom_gradient
+def _dense_gradient(x):
+    """``x`` itself; its gradient made a dense tensor (a gather's is a ``tf.IndexedSlices``)."""
+    return tf.identity(x), tf.convert_to_tensor
+
+
+def padding_inputs(feature_set, names, n=2):
+    """A batch of ``n`` padding/zero raw values of the features ``names`` (builds weights)."""
+    out = {}
+    for name, spec in feature_set.input_signature(names).items():
+        shape = [n] + list(spec.shape[1:])
+        out[name] = tf.fill(shape, "" if spec.dtype == tf.string else tf.zeros([], spec.dtype))
+    return out
+
+
 def id_key(name: str) -> str:
     """Key of a sequence's (or a derived feature's) precomputed indices in an encoded dict."""
     return name + ID_SUFFIX
@@ -252,9 +282,9 @@ class FeatureEmbedding(keras.layers.Layer):
 
     def _gather(self, table, ids):
         if not self.fused:
-            return tf.gather(self.tables[table], ids)
-        return tf.gather(self.fused_tables[f"{self.table_dim(table)}d"],
-                         tf.cast(ids, tf.int32) + self._offset[table])
+            return rows_of(self.tables[table], ids)
+        return rows_of(self.fused_tables[f"{self.table_dim(table)}d"],
+                       tf.cast(ids, tf.int32) + self._offset[table])
 
     def _pooled_mean(self, table, ids, mask):
         """``masked_mean(gather(table, ids), mask)`` and ``_penalty`` of that gather, through
@@ -310,7 +340,7 @@ class FeatureEmbedding(keras.layers.Layer):
                 out[n] = z * self.field_vectors[n] if self.numeric == "field" else z
                 continue
             table = self.tables[self.feature_set.categorical_of(n).table]
-            e = tf.gather(table, self.ids(inputs, n))
+            e = rows_of(table, self.ids(inputs, n))
             if self.embeddings_l2:
                 penalty.append(self._penalty(e))
             if isinstance(f, Sequence) and self.sequence == "mean":
@@ -333,7 +363,7 @@ class FeatureEmbedding(keras.layers.Layer):
             ids = enc[CAT_KEY]
             if len(cols) != len(self._cat):
                 ids = tf.gather(ids, list(cols), axis=1)
-            e = tf.gather(self.fused_tables[f"{d}d"], ids + tf.constant(offs, tf.int32))
+            e = rows_of(self.fused_tables[f"{d}d"], ids + tf.constant(offs, tf.int32))
             if self.embeddings_l2:
                 penalty.append(self._penalty(e))
             groups.append(e)

@@ -16,7 +16,7 @@ the data (or in the tf.data pipeline) so a training step holds no string lookups
 """
 from recsys_tf.backend import keras, tf
 from recsys_tf.features import FeatureSet
-from recsys_tf.layers.embedding import is_encoded, repeat_rows
+from recsys_tf.layers.embedding import is_encoded, padding_inputs, repeat_rows
 
 
 class RankingModel(keras.Model):
@@ -74,11 +74,7 @@ class RankingModel(keras.Model):
 
     def dummy_inputs(self, n=2):
         """A batch of ``n`` padding/zero values for every input (builds the weights)."""
-        out = {}
-        for name, spec in self.input_signature().items():
-            shape = [n] + list(spec.shape[1:])
-            out[name] = tf.fill(shape, "" if spec.dtype == tf.string else tf.zeros([], spec.dtype))
-        return out
+        return padding_inputs(self.feature_set, self.features, n)
 
     def get_config(self):
         return {"feature_set": self.feature_set.to_dict(), "features": self.features}

@@ -46,7 +46,7 @@ import tensorflow_recommenders as tfrs
 
 from recsys_tf.backend import keras, tf
 from recsys_tf.features import FeatureSet, Numeric, Sequence
-from recsys_tf.layers.embedding import FeatureEmbedding, masked_mean
+from recsys_tf.layers.embedding import FeatureEmbedding, masked_mean, rows_of
 from recsys_tf.layers.mlp import MLP
 
 
@@ -151,7 +151,7 @@ class TwoTower(tfrs.Model):
         ids = inputs[self.item_id]
         log_q = None
         if self.logq_correction:
-            log_q = tf.gather(self._log_q, self.candidate_tower.embedding.lookup(self.item_id, ids))
+            log_q = rows_of(self._log_q, self.candidate_tower.embedding.lookup(self.item_id, ids))
         return self.task(q, c, candidate_sampling_probability=None if log_q is None else tf.exp(log_q),
                          candidate_ids=ids if self.remove_accidental_hits else None,
                          compute_metrics=False, compute_batch_metrics=False)
