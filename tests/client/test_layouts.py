@@ -191,3 +191,36 @@ def test_recommend_is_the_same_in_both_layouts(relayout, server, tables, user, s
         assert outputs == expected | ({PROBABILITY_OUTPUT} if ranker else set())
         assert {(lay, content) for _, lay, content in servicer.sent} == {
             (name, name == "tensor_content")}
+
+
+def test_recommend_is_the_same_against_a_bundled_server_in_each_mode(trained, server, tables,
+                                                                      user, tiny_synthetic):
+    """The session's server answers in the typed fields (TF Serving's default); a second one
+    started with ``enable_serialization_as_tensor_content`` answers in ``tensor_content``: the
+    client gets the same recommendation from both."""
+    from recsys_tf.server import ModelServer
+    from recsys_tf.wire import codec
+
+    u, ctx = user
+    kw = dict(k=6, context=ctx, n_candidates=15, diversity=0.2)
+    with Recommender(server, tables, ranker="deepfm", timeout=30) as rec:
+        typed = _answer(rec.recommend(u, **kw))
+    model = trained["deepfm"][1]
+    rows = tiny_synthetic.feature_set.arrays(tiny_synthetic.test.head(3), model.features)
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "deepfm"
+    for name, values in rows.items():
+        codec.to_tensor_proto(values, out=request.inputs[name])
+    packed_server = ModelServer(model_base_path=trained["root"], host="127.0.0.1", port=0,
+                                enable_serialization_as_tensor_content=True)
+    packed_server.start()
+    try:
+        for srv_target, packed in ((server, False), (packed_server.target, True)):
+            with grpc.insecure_channel(srv_target) as channel:
+                stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+                out = stub.Predict(request, timeout=30).outputs[PROBABILITY_OUTPUT]
+            assert bool(out.tensor_content) == packed and bool(out.float_val) != packed
+        with Recommender(packed_server.target, tables, ranker="deepfm", timeout=30) as rec:
+            assert _answer(rec.recommend(u, **kw)) == typed
+    finally:
+        packed_server.stop()
