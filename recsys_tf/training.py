@@ -392,13 +392,12 @@ def train_ranker(model, ds, epochs=2, batch_size=256, learning_rate=1e-3, verbos
         validated better for Wide & Deep and DeepFM only, hence the choice per epoch
         (benchmarks/README.md).
       steps_per_execution: training steps run per call into the compiled function (fewer
-        Python round trips). Default: 16. (For DIEN on amazon-beauty, one step per call took
-        between 16 and 24 s an epoch over five runs, some of them on one core only; 16 steps
-        per call took 14.5-17.4 s with the same result.)
+        Python round trips). Default: 16 (measured against one step per call in
+        benchmarks/README.md, DIEN section).
       encode: feed the model encoded inputs (lookups done once, outside the training step);
         default: when the model supports it.
       jit_compile: compile the training step with XLA (default False: with embedding
-        lookups and on CPU it measured slower).
+        lookups on CPU it is slower; benchmarks/README.md).
       sort_by_length: a sequence feature whose length groups the training rows into batches
         (see :func:`index_batches`), or False for plain shuffled batches. Default: the
         model's ``length_feature`` when it has one (DIEN, which cuts each batch after its

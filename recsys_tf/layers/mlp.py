@@ -10,7 +10,7 @@ Args:
   batch_norm: batch normalisation before the activation (default False).
   l2: L2 penalty on the kernels (default 0).
   compute_dtype: ``"float32"`` (default), ``"bfloat16"`` (the matmuls run in bfloat16 with
-    float32 weights and a float32 output: mixed precision, 2-3x faster on CPUs with AMX or
+    float32 weights and a float32 output: mixed precision, faster on CPUs with AMX or
     AVX512-BF16) or ``"auto"`` (bfloat16 where this CPU has such units, else float32; resolved
     when the layer is made and kept in its config).
 

@@ -24,8 +24,8 @@ Args:
   dropout: DNN dropout (default 0).
   embeddings_l2: L2 on looked-up embeddings (default 1e-6).
   compute_dtype: precision of the DNN's and the cross layers' matmuls: ``"float32"`` (default),
-    ``"bfloat16"`` (mixed precision: float32 weights, embeddings, FM terms and logits; 2-3x
-    faster matmuls on CPUs with AMX/AVX512-BF16; results differ from float32 by ~1e-3, also
+    ``"bfloat16"`` (mixed precision: float32 weights, embeddings, FM terms and logits; faster
+    matmuls on CPUs with AMX/AVX512-BF16; results differ from float32 by ~1e-3, also
     between eager calls and a SavedModel) or ``"auto"`` (bfloat16 where the CPU has such
     units; resolved when the model is made and kept in its config).
 

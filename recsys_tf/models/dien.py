@@ -37,8 +37,8 @@ Args:
   dnn_activation, dropout, embeddings_l2: as in DIN (defaults ``"relu"``, 0, 1e-6).
   fused_rnn: run both GRUs through the fused recurrences of :mod:`recsys_tf.layers.augru`
     and cut each batch's behaviours after its longest history (:meth:`DIEN.trimmed`)
-    (default True: same values and gradients, a training step about 1.4x cheaper on CPU at
-    full length, and cheaper still on short histories); False calls ``keras.layers.GRU`` /
+    (default True: same values and gradients, a cheaper training step on CPU, more so on
+    short histories; benchmarks/README.md); False calls ``keras.layers.GRU`` /
     ``keras.layers.RNN`` over the whole padded sequence (the reference implementation).
 
 Inputs: dict of raw feature tensors. Outputs: click probability ``[batch]``. For one user's
