@@ -35,6 +35,7 @@ import urllib.request
 import grpc
 import numpy as np
 import pytest
+from predict_requests import predict_request as make_predict_request
 
 # --------------------------------------------------------------------------- models
 TARGET = os.environ.get("RECSYS_TF_SERVING_TARGET")
@@ -265,22 +266,10 @@ def _tensor(value, dtype=None):
 
 def predict_request(model="ranker", inputs=None, signature=None, version=None, label=None,
                     output_filter=()):
-    from tensorflow_serving.apis import predict_pb2
-
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = model
-    if signature:
-        request.model_spec.signature_name = signature
-    if version is not None:
-        request.model_spec.version.value = version
-    if label is not None:
-        request.model_spec.version_label = label
-    values = _good_arrays() if inputs is None else inputs
-    for key, value in values.items():
-        request.inputs[key].CopyFrom(_tensor(np.asarray(value))
-                                     if isinstance(value, (np.ndarray, np.generic)) else value)
-    request.output_filter.extend(output_filter)
-    return request
+    # values made into protos by TensorFlow's own writer: this suite also runs against TF Serving
+    return make_predict_request(model, _good_arrays() if inputs is None else inputs,
+                                lambda value: _tensor(np.asarray(value)), signature, version,
+                                label, output_filter)
 
 
 def _call(method, request, timeout=30):

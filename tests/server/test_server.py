@@ -23,6 +23,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from predict_requests import predict_request
 from recsys_tf.wire import codec
 from recsys_tf.client.grpc_client import ServingClient
 from recsys_tf.server.server import ModelServer
@@ -139,19 +140,8 @@ GOOD = {"user_id": np.array(["ab", "c"]), "x": np.array([1.0, 2.0], np.float32)}
 
 def _request(model="toy", inputs=None, signature="", version=None, label=None,
              output_filter=()):
-    req = predict_pb2.PredictRequest()
-    req.model_spec.name = model
-    if signature:
-        req.model_spec.signature_name = signature
-    if version is not None:
-        req.model_spec.version.value = version
-    if label is not None:
-        req.model_spec.version_label = label
-    for name, value in (GOOD if inputs is None else inputs).items():
-        req.inputs[name].CopyFrom(value if hasattr(value, "dtype") and not isinstance(
-            value, np.ndarray) else codec.to_tensor_proto(value))
-    req.output_filter.extend(output_filter)
-    return req
+    return predict_request(model, GOOD if inputs is None else inputs, codec.to_tensor_proto,
+                           signature, version, label, output_filter)
 
 
 def _expect_error(call, request, code, *fragments, stub=None):
