@@ -203,7 +203,8 @@ def write(path: str, n_rows: int = 200_000, seed: int = 0, ctr: float = 0.25,
 
 
 def load(data_dir: str | None = None, n_rows: int = 200_000, seed: int = 0, ctr: float = 0.25,
-         min_count: int = 20, integers: str = "log", dim: int = 16) -> Dataset:
+         min_count: int = 20, integers: str = "log", dim: int = 16,
+         missing: str = C.MISSING) -> Dataset:
     """The synthetic Criteo-format set (``data_dir`` is ignored; nothing is read or written).
 
     Args:
@@ -215,9 +216,10 @@ def load(data_dir: str | None = None, n_rows: int = 200_000, seed: int = 0, ctr:
         min_count 4 to 20; the real-data loader defaults to BARS' 10).
       integers: ``"log"`` (Numeric, log1p inside the model) or ``"bucket"`` (BARS buckets).
       dim: embedding size declared for every categorical feature.
+      missing: an I field's missing value, as in :func:`recsys_tf.data.criteo.load`.
     """
     del data_dir
-    C._check_integers(integers)
+    C._check_integers(integers, missing)
     frame = generate(n_rows, seed=seed, ctr=ctr).drop(columns=["logit"])
     if integers == "bucket":
         for c in C.INT_COLUMNS:
@@ -230,9 +232,9 @@ def load(data_dir: str | None = None, n_rows: int = 200_000, seed: int = 0, ctr:
     vocabs = C.vocabularies(train, cat_cols, min_count)
     stats = {}
     if integers == "log":
-        stats = C._stats_from_sums({c: C._log_stats(train[c].to_numpy(np.float64))
+        stats = C._stats_from_sums({c: C._log_stats(train[c].to_numpy(np.float64), missing)
                                     for c in C.INT_COLUMNS})
-    fs = C.feature_set(vocabs, stats, integers=integers, dim=dim)
+    fs = C.feature_set(vocabs, stats, integers=integers, dim=dim, missing=missing)
     from recsys_tf.metrics import auc, logloss
 
     info = {
