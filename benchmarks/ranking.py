@@ -57,6 +57,21 @@ Usage (the ``bench`` extra installs DeepCTR 0.9.4)::
     python benchmarks/ranking.py            # about 20 min on 2 cores
     python benchmarks/ranking.py --quick    # a few minutes: 60k synthetic rows, 4 epochs, 1 round
 
+Defaults on data nobody tuned them on (``--family``)
+----------------------------------------------------
+``python benchmarks/ranking.py --family [--sets MEMBER ...] [--seeds 0 1] [--family-rows N]``
+runs each ranker at *its defaults* (``recsys_tf.pipeline.RANKER_DEFAULTS`` and the models'
+constructors, on the loader's default declaration of missing integers) against DeepCTR 0.9.4's
+same model at *its* defaults (constructor defaults, 16-d embeddings, Keras' Adam, one epoch at
+batch 1024, every train category kept, integers filled with 0, ``log1p`` and standardised) on
+members of :mod:`recsys_tf.data.criteo_family` (default: the members held out from choosing
+the defaults, ``FAMILY_HELD_OUT``; ``FAMILY_TUNING`` chose them). Per cell: test AUC, logloss,
+oracle gap, and training examples/s of the whole ``fit`` (wall and per CPU-second of this
+process; ours includes its per-epoch validation passes), ours then DeepCTR's per seed in turn.
+``--no-deepctr`` with ``--train-option`` / ``--model-option`` / ``--data-option`` probes
+candidate defaults. Writes ``results/ranking_family.json`` (after every data set) and
+``ranking_family.png``.
+
 Real data is read from ``--data-dir`` / ``$RECSYS_TF_DATA_DIR`` (default ``../shared/data`` beside
 the clone). Writes ``benchmarks/results/ranking.json`` and ``ranking.png``. Nothing here uses
 the network (DeepCTR's import-time version check is answered offline).

@@ -18,7 +18,7 @@ import os
 
 # The rankers' training defaults (what `recsys-tf train MODEL` runs with); see
 # benchmarks/README.md ("Defaults that generalise") for the data they were chosen on.
-RANKER_DEFAULTS = {"epochs": 2, "batch_size": 256, "learning_rate": 1e-3}
+RANKER_DEFAULTS = {"epochs": 2, "batch_size": 1024, "learning_rate": 1e-3}
 
 
 def train(model_name, ds, epochs=None, batch_size=None, export_dir=None, learning_rate=None,

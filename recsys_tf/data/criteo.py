@@ -16,8 +16,12 @@ Protocol (as in BARS / FuxiCTR's Criteo sets)
 * **Integer fields**, ``integers=`` option:
 
   - ``"log"`` (default): kept as raw numbers (NaN when empty) and declared
-    ``Numeric(log=True)``, so the model computes ``(log1p(max(x, 0)) - mean) / std`` with
-    ``mean``/``std`` from train; an exported model takes the raw counts.
+    ``Numeric(log=True, missing=..., fill_value=0)``, so the model computes
+    ``(log1p(max(x, 0)) - mean) / std`` with ``mean``/``std`` from train; an exported model
+    takes the raw counts, NaN for a missing one. ``missing=`` (default ``"indicator"``): a
+    missing count is read as 0 events before the log and gets a learned missing term
+    (``"fill"``: 0 alone; ``"mean"``: the training mean, no indicator - what this loader did
+    before; chosen on the criteo-family tuning sets, benchmarks/README.md).
   - ``"bucket"``: the BARS discretisation ``b(x) = floor(ln(x)^2)`` for ``x > 2``, ``x``
     itself otherwise, written as a string (``""`` when empty) and declared categorical with
     the same count threshold as the C fields. Serving then takes the bucket strings:
@@ -94,7 +98,7 @@ N_FIELDS = len(COLUMNS)                         # 40
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 INTEGER_MODES = ("log", "bucket")
 MISSING_MODES = ("mean", "fill", "indicator")
-MISSING = "mean"          # the default treatment of a missing integer (integers="log")
+MISSING = "indicator"     # the default treatment of a missing integer (integers="log")
 FILL_VALUE = 0.0          # a missing count reads as 0 events (missing="fill"/"indicator")
 MIN_COUNT = 10
 STREAM_ABOVE_BYTES = 256 << 20
