@@ -100,6 +100,7 @@ import recsys_tf  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before TensorFlow
 from recsys_tf import data, metrics, models, training  # noqa: E402
 from recsys_tf.backend import keras, tf  # noqa: E402
 from recsys_tf.features import Numeric, Sequence  # noqa: E402
+from recsys_tf.cli import _parse_options  # noqa: E402  (KEY=VALUE options, as the CLI's)
 from recsys_tf.layers.embedding import normalise  # noqa: E402
 
 MODELS = ("wide_deep", "deepfm", "xdeepfm", "dcn_v2")
@@ -726,19 +727,6 @@ def family_plot(results, path):
     plt.close(fig)
 
 
-def _key_values(items, flag):
-    out = {}
-    for item in items or ():
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"{flag} {item!r}: expected KEY=VALUE")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
-
-
 def family_main(argv):
     p = argparse.ArgumentParser(description="ours at its defaults vs DeepCTR at its defaults "
                                             "on the criteo family")
@@ -757,12 +745,12 @@ def family_main(argv):
     p.add_argument("--no-deepctr", dest="deepctr", action="store_false")
     p.add_argument("--out", default=os.path.join(HERE, "results", "ranking_family.json"))
     args = p.parse_args(argv)
-    args.data_options = _key_values(args.data_option, "--data-option")
-    args.train_options = _key_values(args.train_option, "--train-option")
+    args.data_options = _parse_options(args.data_option, "--data-option")
+    args.train_options = _parse_options(args.train_option, "--train-option")
     args.model_options = {}
     for item in args.model_option or ():
         m, _, kv = item.partition(":")
-        args.model_options.setdefault(m, {}).update(_key_values([kv], "--model-option"))
+        args.model_options.setdefault(m, {}).update(_parse_options([kv], "--model-option"))
     if args.deepctr:
         import_deepctr()
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

@@ -49,7 +49,7 @@ import pandas as pd
 
 from recsys_tf.data import Dataset
 from recsys_tf.data import criteo as C
-from recsys_tf.data.criteo_synthetic import _hex_values, _sigmoid
+from recsys_tf.data.criteo_synthetic import _sigmoid, calibrate_bias, criteo_columns
 
 __all__ = ["load", "generate", "MEMBERS"]
 
@@ -188,22 +188,9 @@ def generate(member: str, n_rows: int = 200_000, seed: int = 0, ctr: float | Non
     if drift:
         logit += 0.6 * drift * (r - 0.5)                  # the click rate moves too
 
-    lo, hi = -30.0, 30.0
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        if _sigmoid(logit + mid).mean() < ctr:
-            lo = mid
-        else:
-            hi = mid
-    p = _sigmoid(logit + (lo + hi) / 2)
+    p = _sigmoid(logit + calibrate_bias(logit, ctr, bound=30.0))
     label = (row_rng.random(n) < p).astype(np.int64)
-
-    out = {C.LABEL: label}
-    for j, c in enumerate(C.INT_COLUMNS):
-        out[c] = ints[:, j]
-    for f, c in enumerate(C.CAT_COLUMNS):
-        vals = np.append(_hex_values(f, cards[f]), "")
-        out[c] = vals[idx[:, f]]
+    out = criteo_columns(label, ints, idx, cards)
     out["p_click"] = p
     return pd.DataFrame(out)
 

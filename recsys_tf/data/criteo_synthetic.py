@@ -89,6 +89,31 @@ def _hex_values(field: int, card: int) -> np.ndarray:
     return out
 
 
+def calibrate_bias(logit: np.ndarray, ctr: float, bound: float = 20.0) -> float:
+    """The bias ``b`` in ``[-bound, bound]`` with ``mean(sigmoid(logit + b)) = ctr`` (bisection)."""
+    lo, hi = -bound, bound
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if _sigmoid(logit + mid).mean() < ctr:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def criteo_columns(label, ints, idx, cardinalities) -> dict:
+    """The Criteo columns: ``label``, ``I1``..``I13`` from ``ints [n, 13]`` (NaN = missing),
+    ``C1``..``C26`` from the value indices ``idx [n, 26]`` (index ``-1`` or the field's
+    cardinality = missing, ``""``)."""
+    out = {C.LABEL: label}
+    for j, c in enumerate(C.INT_COLUMNS):
+        out[c] = ints[:, j]
+    for f, c in enumerate(C.CAT_COLUMNS):
+        vals = np.append(_hex_values(f, cardinalities[f]), "")
+        out[c] = vals[idx[:, f]]
+    return out
+
+
 def _zipf_draw(rng, card, n, s=None):
     s = ZIPF_S if s is None else s
     p = 1.0 / np.arange(1, card + 1) ** s
@@ -152,23 +177,10 @@ def generate(n_rows: int = 200_000, seed: int = 0, ctr: float = 0.25) -> pd.Data
     logit += t @ np.asarray(INT_BETA) + INT_GAMMA * t[:, 0] * t[:, 4] - INT_DELTA * t[:, 5] ** 2
 
     # -- calibrate the bias to the target CTR, then draw labels -------------------------------
-    lo, hi = -20.0, 20.0
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        if _sigmoid(logit + mid).mean() < ctr:
-            lo = mid
-        else:
-            hi = mid
-    logit = logit + (lo + hi) / 2
+    logit = logit + calibrate_bias(logit, ctr)
     p = _sigmoid(logit)
     label = (row_rng.random(n) < p).astype(np.int64)
-
-    out = {C.LABEL: label}
-    for j, c in enumerate(C.INT_COLUMNS):
-        out[c] = ints[:, j]
-    for f, c in enumerate(C.CAT_COLUMNS):
-        vals = np.append(_hex_values(f, CARDINALITIES[f]), "")    # index -1 -> ""
-        out[c] = vals[idx[:, f]]
+    out = criteo_columns(label, ints, idx, CARDINALITIES)
     out["p_click"] = p
     out["logit"] = logit
     return pd.DataFrame(out)
