@@ -702,12 +702,13 @@ def family_plot(results, path):
     if not names:
         return
     fig, axes = plt.subplots(2, 1, figsize=(max(8, 1.6 * len(names)), 8))
-    ms = list(results[names[0]]["models"])
+    ms = list(dict.fromkeys(m for n in names for m in results[n]["models"]))
     x = np.arange(len(names))
     w = 0.8 / len(ms)
+    nan = {"auc_delta": float("nan"), "speedup_wall": float("nan")}
     for i, m in enumerate(ms):
-        d = [results[n]["models"][m]["auc_delta"] for n in names]
-        sp = [results[n]["models"][m]["speedup_wall"] for n in names]
+        d = [results[n]["models"].get(m, nan)["auc_delta"] for n in names]
+        sp = [results[n]["models"].get(m, nan)["speedup_wall"] for n in names]
         axes[0].bar(x + (i - (len(ms) - 1) / 2) * w, d, w, label=m)
         axes[1].bar(x + (i - (len(ms) - 1) / 2) * w, sp, w, label=m)
     axes[0].axhline(AUC_TARGET, color="r", ls="--", lw=1, label=f"target +{AUC_TARGET}")
