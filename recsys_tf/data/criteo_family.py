@@ -49,7 +49,8 @@ import pandas as pd
 
 from recsys_tf.data import Dataset
 from recsys_tf.data import criteo as C
-from recsys_tf.data.criteo_synthetic import _sigmoid, calibrate_bias, criteo_columns
+from recsys_tf.data.criteo_synthetic import (_sigmoid, calibrate_bias, criteo_columns, draw_count,
+                                             split_and_declare, standardised_log)
 
 __all__ = ["load", "generate", "MEMBERS"]
 
@@ -160,10 +161,7 @@ def generate(member: str, n_rows: int = 200_000, seed: int = 0, ctr: float | Non
     ints = np.empty((n, 13))
     t = np.empty((n, 13))
     for j in range(13):
-        z = 0.6 * activity + 0.8 * row_rng.normal(size=n)
-        x = np.floor(np.exp(mu[j] + sd[j] * z))
-        if j == 1:
-            x = x - 3.0
+        x = draw_count(row_rng, activity, mu[j], sd[j], j)
         rate = sp["int_missing"][j]
         if sp["missing_means"] == "zero":
             # missing = no events: more often where activity is low; the true count is 0
@@ -172,8 +170,7 @@ def generate(member: str, n_rows: int = 200_000, seed: int = 0, ctr: float | Non
             x = np.where(miss, 0.0, x)
         else:
             miss = row_rng.random(n) < rate
-        lx = np.log1p(np.maximum(x, 0.0))
-        t[:, j] = (lx - (mu[j] + 0.5)) / sd[j]
+        t[:, j] = standardised_log(x, mu[j], sd[j])
         if sp["missing_means"] == "mean":
             t[miss, j] = 0.0
         ints[:, j] = np.where(miss, np.nan, x)
@@ -212,27 +209,14 @@ def load(data_dir: str | None = None, member: str = "missing-informative",
     del data_dir
     C._check_integers(integers, missing)
     frame = generate(member, int(n_rows), seed=int(seed), ctr=None if ctr is None else float(ctr))
-    if integers == "bucket":
-        for c in C.INT_COLUMNS:
-            frame[c] = C.bucketise(frame[c].to_numpy())
-    n_tr, n_va, _ = C.split_sizes(len(frame))
-    train = frame.iloc[:n_tr].reset_index(drop=True)
-    valid = frame.iloc[n_tr:n_tr + n_va].reset_index(drop=True)
-    test = frame.iloc[n_tr + n_va:].reset_index(drop=True)
-    cat_cols = C.CAT_COLUMNS + (C.INT_COLUMNS if integers == "bucket" else ())
-    vocabs = C.vocabularies(train, cat_cols, int(min_count))
-    stats = {}
-    if integers == "log":
-        stats = C._stats_from_sums({c: C._log_stats(train[c].to_numpy(np.float64), missing)
-                                    for c in C.INT_COLUMNS})
-    fs = C.feature_set(vocabs, stats, integers=integers, dim=int(dim), missing=missing)
+    train, valid, test, vocabs, fs = split_and_declare(frame, min_count, integers, dim, missing)
     from recsys_tf.metrics import auc, logloss
 
     y, p = test[C.LABEL].to_numpy(), test["p_click"].to_numpy()
     info = {
         "source": f"recsys_tf.data.criteo_family member {member!r} (Criteo layout; p_click known)",
         "member": member, "split": "row order: first 80% train, next 10% valid, last 10% test",
-        "n_rows": int(len(frame)), "n_train": int(n_tr), "n_valid": int(len(valid)),
+        "n_rows": int(len(frame)), "n_train": int(len(train)), "n_valid": int(len(valid)),
         "n_test": int(len(test)), "seed": int(seed), "min_count": int(min_count),
         "integers": integers, "missing_integers": missing,
         "vocabulary_sizes": {c: len(v) for c, v in vocabs.items()},
