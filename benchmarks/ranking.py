@@ -57,6 +57,21 @@ Usage (the ``bench`` extra installs DeepCTR 0.9.4)::
     python benchmarks/ranking.py            # about 20 min on 2 cores
     python benchmarks/ranking.py --quick    # a few minutes: 60k synthetic rows, 4 epochs, 1 round
 
+Defaults on data nobody tuned them on (``--family``)
+----------------------------------------------------
+``python benchmarks/ranking.py --family [--sets MEMBER ...] [--seeds 0 1] [--family-rows N]``
+runs each ranker at *its defaults* (``recsys_tf.pipeline.RANKER_DEFAULTS`` and the models'
+constructors, on the loader's default declaration of missing integers) against DeepCTR 0.9.4's
+same model at *its* defaults (constructor defaults, 16-d embeddings, Keras' Adam, one epoch at
+batch 1024, every train category kept, integers filled with 0, ``log1p`` and standardised) on
+members of :mod:`recsys_tf.data.criteo_family` (default: the members held out from choosing
+the defaults, ``FAMILY_HELD_OUT``; ``FAMILY_TUNING`` chose them). Per cell: test AUC, logloss,
+oracle gap, and training examples/s of the whole ``fit`` (wall and per CPU-second of this
+process; ours includes its per-epoch validation passes), ours then DeepCTR's per seed in turn.
+``--no-deepctr`` with ``--train-option`` / ``--model-option`` / ``--data-option`` probes
+candidate defaults. Writes ``results/ranking_family.json`` (after every data set) and
+``ranking_family.png``.
+
 Real data is read from ``--data-dir`` / ``$RECSYS_TF_DATA_DIR`` (default ``../shared/data`` beside
 the clone). Writes ``benchmarks/results/ranking.json`` and ``ranking.png``. Nothing here uses
 the network (DeepCTR's import-time version check is answered offline).
@@ -84,6 +99,7 @@ from common import machine_info, write_results  # noqa: E402
 from recsys_tf import data, metrics, models, training  # noqa: E402
 from recsys_tf.backend import keras, tf  # noqa: E402
 from recsys_tf.features import Numeric, Sequence  # noqa: E402
+from recsys_tf.cli import _parse_options  # noqa: E402  (KEY=VALUE options, as the CLI's)
 from recsys_tf.layers.embedding import normalise  # noqa: E402
 
 MODELS = ("wide_deep", "deepfm", "xdeepfm", "dcn_v2")
@@ -497,7 +513,274 @@ def environment():
                         cpu_has_fast_bfloat16=cpu_has_fast_bfloat16())
 
 
+# -- the criteo family: ours at its defaults vs DeepCTR at its defaults ----------------------
+# Which members chose the defaults and which are held out (benchmarks/README.md).
+FAMILY_TUNING = ("missing-informative", "flat", "drift", "heavy-tail", "rare-clicks")
+FAMILY_HELD_OUT = ("missing-random", "shrunk", "dense-cross", "few-strong", "frequent-clicks")
+# DeepCTR 0.9.4 as a new user runs it: its models' constructor defaults, 16-d embeddings,
+# Keras' Adam (1e-3), one epoch at batch 1024, every train category kept.
+DEEPCTR_DEFAULTS = {"epochs": 1, "batch_size": 1024, "embedding_dim": 16}
+
+
+def family_deepctr_inputs(ds):
+    """DeepCTR's columns and arrays: each C field's every train value its own index (2..;
+    1 = unseen, 0 unused), each I field filled with 0, ``log1p(max(x, 0))`` and standardised
+    with the train mean and std (DeepCTR's Criteo example fills 0; the log keeps its DNN
+    from seeing raw heavy-tailed counts)."""
+    from deepctr.feature_column import DenseFeat, SparseFeat
+
+    from recsys_tf.data import criteo as C
+
+    cols, enc = [], {}
+    for c in C.INT_COLUMNS:
+        z = np.log1p(np.maximum(np.nan_to_num(ds.train[c].to_numpy(np.float64), nan=0.0), 0))
+        enc[c] = (float(z.mean()), float(z.std()) or 1.0)
+        cols.append(DenseFeat(c, 1))
+    for c in C.CAT_COLUMNS:
+        enc[c] = pd.Index(pd.unique(ds.train[c].to_numpy()))
+        cols.append(SparseFeat(c, len(enc[c]) + 2, DEEPCTR_DEFAULTS["embedding_dim"]))
+
+    def arrays(frame):
+        out = {}
+        for c in C.INT_COLUMNS:
+            z = np.log1p(np.maximum(np.nan_to_num(frame[c].to_numpy(np.float64), nan=0.0), 0))
+            out[c] = ((z - enc[c][0]) / enc[c][1]).astype(np.float32)
+        for c in C.CAT_COLUMNS:
+            out[c] = (enc[c].get_indexer(frame[c].to_numpy()) + 2).astype(np.int32)
+        return out
+
+    return cols, tuple(arrays(f) for f in (ds.train, ds.valid, ds.test))
+
+
+def family_deepctr_model(name, cols, seed):
+    from deepctr import models as dm
+
+    make = {"wide_deep": dm.WDL, "deepfm": dm.DeepFM, "xdeepfm": dm.xDeepFM}.get(name)
+    if make is not None:
+        return make(cols, cols, seed=1024 + seed)
+    return dm.DCN(cols, cols, cross_parameterization="matrix", seed=1024 + seed)
+
+
+def _timed_call(fn):
+    w, c = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - w, time.process_time() - c
+
+
+def family_train_ours(name, ds, seed, model_options, train_options):
+    """Ours at its defaults (``pipeline.RANKER_DEFAULTS`` and the model's constructor), as
+    ``recsys-tf train MODEL`` trains it; ``model_options`` / ``train_options`` override."""
+    from recsys_tf import pipeline
+
+    keras.utils.set_random_seed(seed)
+    model = models.get(name)(ds.feature_set, **model_options)
+    hp = {**pipeline.RANKER_DEFAULTS, **train_options}
+    fit, wall, cpu = _timed_call(lambda: training.train_ranker(model, ds, verbose=0, seed=seed,
+                                                               **hp))
+    sc = training.evaluate_ranker(model, ds)
+    n = len(ds.train) * fit["epochs_run"]
+    return {"auc": float(sc["auc"]), "logloss": float(sc["logloss"]),
+            "epochs_run": fit["epochs_run"], "train_seconds": round(fit["train_seconds"], 2),
+            "train_examples_per_sec": n / fit["train_seconds"],
+            "train_examples_per_cpu_sec": n / max(cpu, 1e-9),
+            "val_auc_per_epoch": fit["history"].get("val_auc")}
+
+
+def family_train_deepctr(name, ds, seed, cols, arrays):
+    keras.utils.set_random_seed(seed)
+    model = family_deepctr_model(name, cols, seed)
+    model.compile("adam", "binary_crossentropy")
+    x_tr, _, x_te = arrays
+    y_tr = ds.train[ds.feature_set.label].to_numpy(np.float32)
+    _, wall, cpu = _timed_call(lambda: model.fit(
+        x_tr, y_tr, batch_size=DEEPCTR_DEFAULTS["batch_size"],
+        epochs=DEEPCTR_DEFAULTS["epochs"], shuffle=True, verbose=0))
+    p = training.predict_batches(model, tf.data.Dataset.from_tensor_slices(x_te).batch(4096))
+    y = ds.test[ds.feature_set.label].to_numpy()
+    n = len(y_tr) * DEEPCTR_DEFAULTS["epochs"]
+    return {"auc": metrics.auc(y, p), "logloss": metrics.logloss(y, p),
+            "epochs_run": DEEPCTR_DEFAULTS["epochs"], "train_seconds": round(wall, 2),
+            "train_examples_per_sec": n / wall, "train_examples_per_cpu_sec": n / max(cpu, 1e-9)}
+
+
+def _summary(runs, oracle):
+    out = {k: _mean([r[k] for r in runs]) for k in
+           ("auc", "logloss", "train_examples_per_sec", "train_examples_per_cpu_sec")}
+    out["auc_per_seed"] = [r["auc"] for r in runs]
+    out["runs"] = runs
+    out["gap_to_oracle_auc"] = None if oracle is None else oracle - out["auc"]
+    return out
+
+
+def run_family_dataset(name, args, log):
+    """Every model on one data set: ours at its defaults, then DeepCTR's at its defaults, per
+    seed, in turn (so load from other work hits both alike)."""
+    t0 = time.perf_counter()
+    options = dict(n_rows=args.family_rows, seed=args.data_seed, **args.data_options)
+    ds = data.load(name, args.data_dir, **(options if name.startswith("criteo-family") else {}))
+    if ds.valid is None:
+        ds = load_dataset(name, False, args.data_dir)
+    oracle = ds.info.get("oracle_auc_test")
+    cols = arrays = None
+    if args.deepctr:
+        cols, arrays = family_deepctr_inputs(ds)
+    log(f"{name}: {len(ds.train):,} train rows, label rate {ds.train['label'].mean():.3f}"
+        + (f", oracle test AUC {oracle:.4f}" if oracle else "")
+        + f" ({time.perf_counter() - t0:.0f} s to load)")
+    result = {"n_train": len(ds.train), "n_test": len(ds.test), "oracle_auc": oracle,
+              "label_rate_train": float(ds.train["label"].mean()),
+              "held_out": name.replace("criteo-family-", "") in FAMILY_HELD_OUT, "models": {}}
+    for m in args.models:
+        ours, theirs = [], []
+        for seed in args.seeds:
+            ours.append(family_train_ours(m, ds, seed, args.model_options.get(m, {}),
+                                          args.train_options))
+            msg = (f"  {m:9s} seed {seed}: ours {ours[-1]['auc']:.4f} "
+                   f"({ours[-1]['epochs_run']} ep, {ours[-1]['train_examples_per_sec']:,.0f} ex/s)")
+            if args.deepctr:
+                theirs.append(family_train_deepctr(m, ds, seed, cols, arrays))
+                msg += (f" | DeepCTR {theirs[-1]['auc']:.4f} "
+                        f"({theirs[-1]['train_examples_per_sec']:,.0f} ex/s)")
+            log(msg)
+        row = {"deepctr_model": DEEPCTR_NAMES[m], "ours": _summary(ours, oracle)}
+        if theirs:
+            row["deepctr"] = _summary(theirs, oracle)
+            row["auc_delta"] = row["ours"]["auc"] - row["deepctr"]["auc"]
+            row["auc_delta_per_seed"] = [a["auc"] - b["auc"] for a, b in zip(ours, theirs)]
+            row["speedup_wall"] = (row["ours"]["train_examples_per_sec"]
+                                   / row["deepctr"]["train_examples_per_sec"])
+            row["speedup_cpu"] = (row["ours"]["train_examples_per_cpu_sec"]
+                                  / row["deepctr"]["train_examples_per_cpu_sec"])
+            row["auc_target_met"] = bool(row["auc_delta"] >= AUC_TARGET)
+            row["speed_target_met"] = bool(row["speedup_wall"] >= SPEED_TARGET)
+        result["models"][m] = row
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    return result
+
+
+def family_table(results):
+    lines = ["| data | held out | model | AUC ours | AUC DeepCTR | delta | logloss ours / DeepCTR "
+             "| oracle gap ours / DeepCTR | train ex/s ours | train ex/s DeepCTR | speed (wall / "
+             "CPU) |", "|" + "---|" * 11]
+    for dname, r in results.items():
+        for m, row in r["models"].items():
+            o, d = row["ours"], row.get("deepctr")
+            gap = (lambda x: "-" if x is None else f"{x:.4f}")
+            if d is None:
+                lines.append(f"| {dname} | {'yes' if r['held_out'] else 'no'} | {m} | "
+                             f"{o['auc']:.4f} | - | - | {o['logloss']:.4f} / - | "
+                             f"{gap(o['gap_to_oracle_auc'])} / - | "
+                             f"{o['train_examples_per_sec']:,.0f} | - | - |")
+                continue
+            lines.append(
+                f"| {dname} | {'yes' if r['held_out'] else 'no'} | {m} vs {row['deepctr_model']} "
+                f"| {o['auc']:.4f} | {d['auc']:.4f} | {row['auc_delta']:+.4f} | "
+                f"{o['logloss']:.4f} / {d['logloss']:.4f} | {gap(o['gap_to_oracle_auc'])} / "
+                f"{gap(d['gap_to_oracle_auc'])} | {o['train_examples_per_sec']:,.0f} | "
+                f"{d['train_examples_per_sec']:,.0f} | {row['speedup_wall']:.2f} / "
+                f"{row['speedup_cpu']:.2f} |")
+    return "\n".join(lines)
+
+
+def family_plot(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in results if "deepctr" in next(iter(results[n]["models"].values()))]
+    if not names:
+        return
+    fig, axes = plt.subplots(2, 1, figsize=(max(8, 1.6 * len(names)), 8))
+    ms = list(dict.fromkeys(m for n in names for m in results[n]["models"]))
+    x = np.arange(len(names))
+    w = 0.8 / len(ms)
+    nan = {"auc_delta": float("nan"), "speedup_wall": float("nan")}
+    for i, m in enumerate(ms):
+        d = [results[n]["models"].get(m, nan)["auc_delta"] for n in names]
+        sp = [results[n]["models"].get(m, nan)["speedup_wall"] for n in names]
+        axes[0].bar(x + (i - (len(ms) - 1) / 2) * w, d, w, label=m)
+        axes[1].bar(x + (i - (len(ms) - 1) / 2) * w, sp, w, label=m)
+    axes[0].axhline(AUC_TARGET, color="r", ls="--", lw=1, label=f"target +{AUC_TARGET}")
+    axes[0].axhline(0, color="k", lw=1)
+    axes[0].set_ylabel("test AUC, ours - DeepCTR (defaults)")
+    axes[1].axhline(SPEED_TARGET, color="r", ls="--", lw=1, label=f"target x{SPEED_TARGET}")
+    axes[1].axhline(1, color="k", lw=1)
+    axes[1].set_ylabel("training ex/s, ours / DeepCTR")
+    labels = [n.replace("criteo-family-", "") + ("\n(held out)" if results[n]["held_out"]
+                                                 else "\n(tuning)") for n in names]
+    for ax in axes:
+        ax.set_xticks(x, labels, fontsize=8)
+        ax.legend(fontsize=7, ncol=3)
+    axes[0].set_title("ours at its defaults vs DeepCTR 0.9.4 at its defaults")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def family_main(argv):
+    p = argparse.ArgumentParser(description="ours at its defaults vs DeepCTR at its defaults "
+                                            "on the criteo family")
+    p.add_argument("--family", action="store_true")
+    p.add_argument("--sets", nargs="+", default=list(FAMILY_HELD_OUT),
+                   help="criteo-family members (or other data set names); default: held out")
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--family-rows", type=int, default=100_000)
+    p.add_argument("--data-seed", type=int, default=0)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--data-option", action="append", help="KEY=VALUE for the loader")
+    p.add_argument("--train-option", action="append", help="KEY=VALUE for train_ranker")
+    p.add_argument("--model-option", action="append",
+                   help="MODEL:KEY=VALUE for one model's constructor")
+    p.add_argument("--no-deepctr", dest="deepctr", action="store_false")
+    p.add_argument("--out", default=os.path.join(HERE, "results", "ranking_family.json"))
+    args = p.parse_args(argv)
+    args.data_options = _parse_options(args.data_option, "--data-option")
+    args.train_options = _parse_options(args.train_option, "--train-option")
+    args.model_options = {}
+    for item in args.model_option or ():
+        m, _, kv = item.partition(":")
+        args.model_options.setdefault(m, {}).update(_parse_options([kv], "--model-option"))
+    if args.deepctr:
+        import_deepctr()
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+
+    def log(msg):
+        print(msg, flush=True)
+
+    t0 = time.perf_counter()
+    env = environment() if args.deepctr else {}
+    results = {}
+    for s in args.sets:
+        name = s if s in data.DATASETS else f"criteo-family-{s}"
+        results[name] = run_family_dataset(name, args, log)
+        out = {"benchmark": "ranking defaults: ours at its defaults vs DeepCTR 0.9.4 at its "
+                            "defaults on the criteo family",
+               "tuning_sets": list(FAMILY_TUNING), "held_out_sets": list(FAMILY_HELD_OUT),
+               "config": {"rows": args.family_rows, "data_seed": args.data_seed,
+                          "seeds": args.seeds, "data_options": args.data_options,
+                          "train_options": args.train_options,
+                          "model_options": args.model_options,
+                          "ours": "recsys_tf.pipeline.RANKER_DEFAULTS + the models' defaults",
+                          "deepctr": dict(DEEPCTR_DEFAULTS, optimizer="keras Adam 1e-3",
+                                          categories="every train value kept",
+                                          integers="fill 0, log1p, standardised")},
+               "targets": {"auc_delta": AUC_TARGET, "speedup": SPEED_TARGET},
+               "environment": env, "results": results,
+               "seconds": round(time.perf_counter() - t0, 1)}
+        out["table_markdown"] = family_table(results)
+        with open(args.out, "w") as f:      # after every data set: a partial run survives
+            json.dump(out, f, indent=2, default=float)
+    family_plot(results, os.path.splitext(args.out)[0] + ".png")
+    log(out["table_markdown"])
+    log(f"wrote {args.out} in {out['seconds']:.0f} s")
+    return 0
+
+
 def main(argv=None):
+    if "--family" in (sys.argv[1:] if argv is None else argv):
+        return family_main(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true",
                    help="60k synthetic rows, 4 epochs at most, one speed round")

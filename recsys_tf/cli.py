@@ -497,7 +497,7 @@ def build_parser():
     s.add_argument("model", metavar="MODEL", help="one of " + ", ".join(MODEL_NAMES))
     _add_data_args(s)
     s.add_argument("--epochs", type=int, default=None, help="default: 3 retrieval, 2 rankers")
-    s.add_argument("--batch-size", type=int, default=None, help="default 256")
+    s.add_argument("--batch-size", type=int, default=None, help="default: 256 retrieval, 1024 rankers")
     s.add_argument("--learning-rate", type=float, default=None,
                    help="default: 0.1 (Adagrad) for two_tower, 1e-3 (Adam) for rankers")
     s.add_argument("--embedding-lr-multiplier", type=float, default=None, metavar="X",

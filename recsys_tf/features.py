@@ -9,7 +9,9 @@ Three kinds of feature:
 * :class:`Categorical` - a string or integer id looked up in a vocabulary (``vocabulary``) or
   hashed into ``hash_buckets``; embedded with ``dim`` dimensions. Features with the same
   ``table`` share one lookup and one embedding table.
-* :class:`Numeric` - a float, normalised as ``(log1p(x) if log else x - mean) / std``.
+* :class:`Numeric` - a float, normalised as ``(log1p(x) if log else x - mean) / std``; how a
+  missing value (NaN) is treated is part of the declaration (``missing``: the training mean,
+  a fill value before the transform, or a fill value plus a learned missing term).
 * :class:`Sequence` - padded ids of a categorical feature (``of``), up to ``max_len`` long;
   shares that feature's table. Padding is ``""`` for strings and ``0`` for integers and is
   masked out.
@@ -38,6 +40,7 @@ import numpy as np
 
 ROLES = ("user", "item", "context")
 DTYPES = ("string", "int64")
+MISSING_MODES = ("mean", "fill", "indicator")
 
 
 def _check_role(name, role):
@@ -111,7 +114,20 @@ class Numeric:
     """A float feature, normalised inside the model.
 
     ``z = (f(x) - mean) / std`` with ``f = log1p(max(x, 0))`` when ``log`` is set, else identity.
-    Missing values (NaN) become 0 after normalisation.
+    A missing value (NaN in the raw input, in training and at serving alike) is treated as
+    ``missing`` declares:
+
+    * ``"mean"`` (default): ``z = 0``, i.e. the training mean of ``f(x)``, with nothing to tell
+      it from a value at the mean.
+    * ``"fill"``: ``x`` is replaced by ``fill_value`` before the transform, so a missing count
+      with ``fill_value=0`` reads as "no events": ``z = (f(fill_value) - mean) / std``.
+    * ``"indicator"``: as ``"fill"``, and the model adds a learned term where the value is
+      missing (the indicator times a learned weight: a learned missing vector for a field
+      embedding, a learned offset for a value, an indicator input for a linear part), so
+      missing can differ from the fill value.
+
+    With ``"fill"``/``"indicator"`` :meth:`FeatureSet.fit_numeric` computes ``mean``/``std``
+    over the filled values (what the model sees); with ``"mean"`` over the present ones.
 
     Args:
       name: input name.
@@ -119,6 +135,13 @@ class Numeric:
         fills them from training data).
       log: apply ``log1p`` first (default False), as for heavy-tailed counts.
       role: ``"user"``, ``"item"`` or ``"context"`` (default ``"context"``).
+      missing: ``"mean"`` (default), ``"fill"`` or ``"indicator"``.
+      fill_value: the raw value a missing one becomes with ``"fill"``/``"indicator"``
+        (default 0.0).
+
+    Example::
+
+        Numeric("I1", log=True, missing="fill", fill_value=0.0)
     """
 
     name: str
@@ -126,18 +149,41 @@ class Numeric:
     std: float = 1.0
     log: bool = False
     role: str = "context"
+    missing: str = "mean"
+    fill_value: float = 0.0
     kind: str = dataclasses.field(default="numeric", init=False)
 
     def __post_init__(self):
         if not self.std > 0:
             raise ValueError(f"feature {self.name!r}: std={self.std}, expected > 0")
+        if self.missing not in MISSING_MODES:
+            raise ValueError(f"feature {self.name!r}: missing={self.missing!r}, expected one of "
+                             f"{MISSING_MODES}")
+        if not np.isfinite(self.fill_value):
+            raise ValueError(f"feature {self.name!r}: fill_value={self.fill_value!r}, expected "
+                             "a finite number")
+        object.__setattr__(self, "fill_value", float(self.fill_value))
         _check_role(self.name, self.role)
 
+    @property
+    def fills(self) -> bool:
+        """Whether a missing value is replaced by ``fill_value`` before the transform."""
+        return self.missing != "mean"
+
     def transform(self, x: np.ndarray) -> np.ndarray:
+        """``f(x)`` before normalisation: the fill (if declared), then ``log1p(max(x, 0))`` if
+        ``log``. Missing values stay NaN with ``missing="mean"``."""
         x = np.asarray(x, dtype=np.float64)
+        if self.fills:
+            x = np.where(np.isnan(x), self.fill_value, x)
         if self.log:
             x = np.log1p(np.maximum(x, 0.0))
         return x
+
+    def normalise(self, x: np.ndarray) -> np.ndarray:
+        """``z`` as the model computes it, without the learned missing term (numpy; float64)."""
+        z = (self.transform(x) - self.mean) / self.std
+        return np.where(np.isnan(z), 0.0, z)
 
 
 @dataclasses.dataclass(frozen=True)

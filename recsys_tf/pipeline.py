@@ -16,6 +16,11 @@ from __future__ import annotations
 
 import os
 
+# The rankers' training defaults (what `recsys-tf train MODEL` runs with); see
+# benchmarks/README.md ("Defaults that generalise") for the data they were chosen on.
+RANKER_DEFAULTS = {"epochs": 2, "batch_size": 1024, "learning_rate": 1e-3}
+
+
 def train(model_name, ds, epochs=None, batch_size=None, export_dir=None, learning_rate=None,
           verbose=None, options=None, export_name=None, scann=True, scann_recall=0.95,
           scann_index_k=None, embedding_lr_multiplier=None, weight_averaging=None,
@@ -71,8 +76,9 @@ def train(model_name, ds, epochs=None, batch_size=None, export_dir=None, learnin
         scores = training.evaluate_retrieval(model, ds)
         n_train, n_test = len(ds.retrieval_train), len(ds.retrieval_test)
     else:
-        hparams = {"epochs": epochs or 2, "batch_size": batch_size or 256,
-                   "learning_rate": learning_rate or 1e-3,
+        hparams = {"epochs": epochs or RANKER_DEFAULTS["epochs"],
+                   "batch_size": batch_size or RANKER_DEFAULTS["batch_size"],
+                   "learning_rate": learning_rate or RANKER_DEFAULTS["learning_rate"],
                    "embedding_lr_multiplier": (training.EMBEDDING_LR_MULTIPLIER
                                                if embedding_lr_multiplier is None
                                                else embedding_lr_multiplier)}

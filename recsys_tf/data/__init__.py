@@ -24,6 +24,11 @@ DATASETS = {
     "criteo": "recsys_tf.data.criteo:load",
     "criteo-synthetic": "recsys_tf.data.criteo_synthetic:load",
 }
+# the criteo-family members (recsys_tf.data.criteo_family): criteo-family-<member>
+for _member in ("missing-informative", "missing-random", "shrunk", "flat", "drift",
+                "dense-cross", "heavy-tail", "few-strong", "rare-clicks", "frequent-clicks"):
+    DATASETS[f"criteo-family-{_member}"] = (
+        "recsys_tf.data.criteo_family:load_" + _member.replace("-", "_"))
 
 
 @dataclasses.dataclass

@@ -16,8 +16,12 @@ Protocol (as in BARS / FuxiCTR's Criteo sets)
 * **Integer fields**, ``integers=`` option:
 
   - ``"log"`` (default): kept as raw numbers (NaN when empty) and declared
-    ``Numeric(log=True)``, so the model computes ``(log1p(max(x, 0)) - mean) / std`` with
-    ``mean``/``std`` from train; an exported model takes the raw counts.
+    ``Numeric(log=True, missing=..., fill_value=0)``, so the model computes
+    ``(log1p(max(x, 0)) - mean) / std`` with ``mean``/``std`` from train; an exported model
+    takes the raw counts, NaN for a missing one. ``missing=`` (default ``"indicator"``): a
+    missing count is read as 0 events before the log and gets a learned missing term
+    (``"fill"``: 0 alone; ``"mean"``: the training mean, no indicator - what this loader did
+    before; chosen on the criteo-family tuning sets, benchmarks/README.md).
   - ``"bucket"``: the BARS discretisation ``b(x) = floor(ln(x)^2)`` for ``x > 2``, ``x``
     itself otherwise, written as a string (``""`` when empty) and declared categorical with
     the same count threshold as the C fields. Serving then takes the bucket strings:
@@ -93,6 +97,9 @@ COLUMNS = (LABEL,) + INT_COLUMNS + CAT_COLUMNS
 N_FIELDS = len(COLUMNS)                         # 40
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 INTEGER_MODES = ("log", "bucket")
+MISSING_MODES = ("mean", "fill", "indicator")
+MISSING = "indicator"     # the default treatment of a missing integer (integers="log")
+FILL_VALUE = 0.0          # a missing count reads as 0 events (missing="fill"/"indicator")
 MIN_COUNT = 10
 STREAM_ABOVE_BYTES = 256 << 20
 # Numbers as pandas and tf.strings both accept them; anything else in an I field is missing.
@@ -115,9 +122,13 @@ def bucketise(x) -> np.ndarray:
     return out
 
 
-def _log_stats(x: np.ndarray):
-    """(count, sum, sum of squares) of ``log1p(max(x, 0))`` over the non-missing values."""
-    z = np.log1p(np.maximum(x[np.isfinite(x)], 0.0))
+def _log_stats(x: np.ndarray, missing: str = "mean"):
+    """(count, sum, sum of squares) of ``log1p(max(x, 0))`` over the non-missing values
+    (``missing="mean"``), or over all values with a missing one read as 0 (``"fill"``,
+    ``"indicator"``: what the model then sees, see ``Numeric(missing=...)``)."""
+    x = np.asarray(x, dtype=np.float64)
+    x = x[np.isfinite(x)] if missing == "mean" else np.where(np.isfinite(x), x, FILL_VALUE)
+    z = np.log1p(np.maximum(x, 0.0))
     return np.array([z.size, z.sum(), np.square(z).sum()], dtype=np.float64)
 
 
@@ -318,9 +329,11 @@ def read(path: str, on_bad_lines: str = "error", integers: str = "log"):
     return _typed(frame.reset_index(drop=True), integers, counter), sc, counter
 
 
-def _check_integers(integers):
+def _check_integers(integers, missing=MISSING):
     if integers not in INTEGER_MODES:
         raise ValueError(f"integers={integers!r}, expected one of {INTEGER_MODES}")
+    if missing not in MISSING_MODES:
+        raise ValueError(f"missing={missing!r}, expected one of {MISSING_MODES}")
 
 
 # -- vocabularies ---------------------------------------------------------------------------
@@ -415,9 +428,10 @@ class _PartitionedCounter:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def count_train(raw_frames, integers, min_count, partitions=1):
+def count_train(raw_frames, integers, min_count, partitions=1, missing="mean"):
     """The streaming pass over the train rows (raw pandas chunks): ``(vocabularies, integer
-    statistics, counters)``, in the memory of one chunk plus one counting partition."""
+    statistics, counters)``, in the memory of one chunk plus one counting partition; the
+    integer statistics are taken as ``missing`` says (see :func:`_log_stats`)."""
     cat_cols = CAT_COLUMNS + (INT_COLUMNS if integers == "bucket" else ())
     counts = _PartitionedCounter(cat_cols, partitions=partitions)
     counter, sums = {}, {c: np.zeros(3) for c in INT_COLUMNS}
@@ -427,7 +441,7 @@ def count_train(raw_frames, integers, min_count, partitions=1):
             counts.add(chunk)
             if integers == "log":
                 for c in INT_COLUMNS:
-                    sums[c] += _log_stats(chunk[c].to_numpy(np.float64))
+                    sums[c] += _log_stats(chunk[c].to_numpy(np.float64), missing)
         vocabs = counts.vocabularies(min_count)
     finally:
         counts.close()
@@ -436,12 +450,14 @@ def count_train(raw_frames, integers, min_count, partitions=1):
 
 # -- the FeatureSet ---------------------------------------------------------------------------
 def feature_set(vocabs: dict, int_stats: dict | None = None, integers: str = "log",
-                dim: int = 16) -> FeatureSet:
-    """The Criteo FeatureSet: I fields Numeric(log=True) (or categorical buckets), C fields
-    categorical with the given vocabularies; all of role ``context``; label ``label``.
+                dim: int = 16, missing: str = MISSING) -> FeatureSet:
+    """The Criteo FeatureSet: I fields Numeric(log=True, missing=missing, fill_value=0) (or
+    categorical buckets), C fields categorical with the given vocabularies; all of role
+    ``context``; label ``label``.
 
-    ``int_stats``: per I field ``(mean, std)`` of ``log1p(max(x, 0))`` on train."""
-    _check_integers(integers)
+    ``int_stats``: per I field ``(mean, std)`` of ``log1p(max(x, 0))`` on train (computed with
+    the same ``missing``, see :func:`_log_stats`)."""
+    _check_integers(integers, missing)
     feats = []
     for c in INT_COLUMNS:
         if integers == "bucket":
@@ -449,7 +465,7 @@ def feature_set(vocabs: dict, int_stats: dict | None = None, integers: str = "lo
         else:
             mean, std = (int_stats or {}).get(c, (0.0, 1.0))
             feats.append(Numeric(c, mean=float(mean), std=float(std) if std > 1e-12 else 1.0,
-                                 log=True))
+                                 log=True, missing=missing, fill_value=FILL_VALUE))
     for c in CAT_COLUMNS:
         feats.append(Categorical(c, vocabulary=vocabs[c], dim=dim))
     return FeatureSet(feats, label=LABEL)
@@ -646,7 +662,8 @@ def resolve_path(data_dir: str | None = None, path: str | None = None) -> str:
 def load(data_dir: str | None = None, path: str | None = None, min_count: int = MIN_COUNT,
          integers: str = "log", on_bad_lines: str = "error", streaming="auto",
          stream_above_bytes: int = STREAM_ABOVE_BYTES, dim: int = 16,
-         chunksize: int = 200_000, partition_bytes: int = 512 << 20) -> Dataset:
+         chunksize: int = 200_000, partition_bytes: int = 512 << 20,
+         missing: str = MISSING) -> Dataset:
     """Criteo as a :class:`Dataset` (see the module docstring for protocol and paths).
 
     Args:
@@ -661,8 +678,12 @@ def load(data_dir: str | None = None, path: str | None = None, min_count: int = 
       chunksize: rows per pandas chunk in the streaming vocabulary pass.
       partition_bytes: the streaming pass spills counts into about one partition per this
         many bytes of train data (bounds its memory).
+      missing: how an I field's missing value is declared (``integers="log"``): ``"mean"``
+        (the training mean), ``"fill"`` (0 before the log) or ``"indicator"`` (0 before the
+        log plus a learned missing term); see :class:`~recsys_tf.features.Numeric`. Served
+        input gives a missing integer as NaN.
     """
-    _check_integers(integers)
+    _check_integers(integers, missing)
     _check_on_bad_lines(on_bad_lines)
     if int(min_count) < 1:
         raise ValueError(f"min_count={min_count}, expected >= 1")
@@ -671,7 +692,7 @@ def load(data_dir: str | None = None, path: str | None = None, min_count: int = 
 
         return load_shards(path, min_count=min_count, integers=integers,
                            on_bad_lines=on_bad_lines, dim=dim, chunksize=chunksize,
-                           partition_bytes=partition_bytes)
+                           partition_bytes=partition_bytes, missing=missing)
     fn = resolve_path(data_dir, path)
     if not os.path.isfile(fn):
         raise FileNotFoundError(
@@ -694,7 +715,7 @@ def load(data_dir: str | None = None, path: str | None = None, min_count: int = 
         vocabs = vocabularies(train, cat_cols, min_count)
         stats = {}
         if integers == "log":
-            stats = _stats_from_sums({c: _log_stats(train[c].to_numpy(np.float64))
+            stats = _stats_from_sums({c: _log_stats(train[c].to_numpy(np.float64), missing)
                                       for c in INT_COLUMNS})
     else:
         sc = scan(fn, on_bad_lines)
@@ -704,9 +725,9 @@ def load(data_dir: str | None = None, path: str | None = None, min_count: int = 
         test = CriteoSplit(sc, n_tr + n_va, n_te, integers, "test")
         parts = max(1, math.ceil(size * SPLIT_FRACTIONS[0] / max(int(partition_bytes), 1)))
         vocabs, stats, counter = count_train(train.iter_frames(chunksize=chunksize, raw=True),
-                                             integers, min_count, parts)
+                                             integers, min_count, parts, missing)
 
-    fs = feature_set(vocabs, stats, integers=integers, dim=dim)
+    fs = feature_set(vocabs, stats, integers=integers, dim=dim, missing=missing)
     label_rate = float(train[LABEL].mean()) if n_tr else float("nan")
     info = {
         "source": "Criteo Display Advertising Challenge (Kaggle 2014), Criteo Labs; "
@@ -717,6 +738,7 @@ def load(data_dir: str | None = None, path: str | None = None, min_count: int = 
         "integers": ("log1p(max(x,0)) normalised inside the model (Numeric log=True)"
                      if integers == "log" else "BARS buckets floor(ln(x)^2) for x > 2, else x"),
         "min_count": int(min_count),
+        "missing_integers": missing if integers == "log" else "own bucket",
         "vocabulary_sizes": {c: len(v) for c, v in vocabs.items()},
         "streaming": bool(streaming),
         "n_lines": int(sc.n_lines), "n_rows": int(sc.n_rows),

@@ -116,8 +116,9 @@ class CriteoShards:
 
 
 def load_shards(pattern, min_count=C.MIN_COUNT, integers="log", on_bad_lines="error", dim=16,
-                chunksize=200_000, partition_bytes=512 << 20) -> Dataset:
-    """Criteo from the files matching ``pattern`` (see the module docstring)."""
+                chunksize=200_000, partition_bytes=512 << 20, missing=C.MISSING) -> Dataset:
+    """Criteo from the files matching ``pattern`` (see the module docstring); ``missing``: a
+    missing integer's treatment, as in :func:`recsys_tf.data.criteo.load`."""
     files = sorted(glob.glob(os.path.expanduser(os.fspath(pattern))))
     if not files:
         raise FileNotFoundError(f"Criteo shards {pattern!r}: no file matches; expected a glob "
@@ -134,8 +135,8 @@ def load_shards(pattern, min_count=C.MIN_COUNT, integers="log", on_bad_lines="er
     train_bytes = sum(os.path.getsize(f) for f in names[0])
     vocabs, stats, counter = C.count_train(
         train.iter_frames(chunksize=chunksize, raw=True), integers, min_count,
-        max(1, math.ceil(train_bytes / max(int(partition_bytes), 1))))
-    fs = C.feature_set(vocabs, stats, integers=integers, dim=dim)
+        max(1, math.ceil(train_bytes / max(int(partition_bytes), 1))), missing)
+    fs = C.feature_set(vocabs, stats, integers=integers, dim=dim, missing=missing)
     bad = sum(len(p.scan.bad_lines) for s in splits for p in s.parts)
     info = {
         "source": "Criteo display advertising logs, Criteo Labs; non-commercial research use "

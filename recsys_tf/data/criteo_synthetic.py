@@ -89,6 +89,44 @@ def _hex_values(field: int, card: int) -> np.ndarray:
     return out
 
 
+def draw_count(row_rng, activity, mu, sd, j):
+    """Integer field ``j``'s counts: ``floor(exp(mu + sd (0.6 activity + 0.8 N(0, 1))))``, shifted
+    down by 3 for ``I2`` (``j == 1``, small negative values as in Criteo)."""
+    z = 0.6 * activity + 0.8 * row_rng.normal(size=len(activity))
+    x = np.floor(np.exp(mu + sd * z))
+    return x - 3.0 if j == 1 else x
+
+
+def standardised_log(x, mu, sd):
+    """``(log1p(max(x, 0)) - (mu + 0.5)) / sd``: a count's log, roughly standardised."""
+    return (np.log1p(np.maximum(x, 0.0)) - (mu + 0.5)) / sd
+
+
+def calibrate_bias(logit: np.ndarray, ctr: float, bound: float = 20.0) -> float:
+    """The bias ``b`` in ``[-bound, bound]`` with ``mean(sigmoid(logit + b)) = ctr`` (bisection)."""
+    lo, hi = -bound, bound
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if _sigmoid(logit + mid).mean() < ctr:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def criteo_columns(label, ints, idx, cardinalities) -> dict:
+    """The Criteo columns: ``label``, ``I1``..``I13`` from ``ints [n, 13]`` (NaN = missing),
+    ``C1``..``C26`` from the value indices ``idx [n, 26]`` (index ``-1`` or the field's
+    cardinality = missing, ``""``)."""
+    out = {C.LABEL: label}
+    for j, c in enumerate(C.INT_COLUMNS):
+        out[c] = ints[:, j]
+    for f, c in enumerate(C.CAT_COLUMNS):
+        vals = np.append(_hex_values(f, cardinalities[f]), "")
+        out[c] = vals[idx[:, f]]
+    return out
+
+
 def _zipf_draw(rng, card, n, s=None):
     s = ZIPF_S if s is None else s
     p = 1.0 / np.arange(1, card + 1) ** s
@@ -139,36 +177,19 @@ def generate(n_rows: int = 200_000, seed: int = 0, ctr: float = 0.25) -> pd.Data
     ints = np.empty((n, 13))
     t = np.zeros((n, 13))
     for j in range(13):
-        z = 0.6 * activity + 0.8 * row_rng.normal(size=n)
-        x = np.floor(np.exp(mu[j] + sd[j] * z))
-        if j == 1:
-            x = x - 3.0
+        x = draw_count(row_rng, activity, mu[j], sd[j], j)
         ints[:, j] = x
-        lx = np.log1p(np.maximum(x, 0.0))
-        t[:, j] = (lx - (mu[j] + 0.5)) / sd[j]          # roughly standardised
+        t[:, j] = standardised_log(x, mu[j], sd[j])
         miss = row_rng.random(n) < INT_MISSING_RATES[j]
         ints[miss, j] = np.nan
         t[miss, j] = 0.0
     logit += t @ np.asarray(INT_BETA) + INT_GAMMA * t[:, 0] * t[:, 4] - INT_DELTA * t[:, 5] ** 2
 
     # -- calibrate the bias to the target CTR, then draw labels -------------------------------
-    lo, hi = -20.0, 20.0
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        if _sigmoid(logit + mid).mean() < ctr:
-            lo = mid
-        else:
-            hi = mid
-    logit = logit + (lo + hi) / 2
+    logit = logit + calibrate_bias(logit, ctr)
     p = _sigmoid(logit)
     label = (row_rng.random(n) < p).astype(np.int64)
-
-    out = {C.LABEL: label}
-    for j, c in enumerate(C.INT_COLUMNS):
-        out[c] = ints[:, j]
-    for f, c in enumerate(C.CAT_COLUMNS):
-        vals = np.append(_hex_values(f, CARDINALITIES[f]), "")    # index -1 -> ""
-        out[c] = vals[idx[:, f]]
+    out = criteo_columns(label, ints, idx, CARDINALITIES)
     out["p_click"] = p
     out["logit"] = logit
     return pd.DataFrame(out)
@@ -202,8 +223,30 @@ def write(path: str, n_rows: int = 200_000, seed: int = 0, ctr: float = 0.25,
     return path
 
 
+def split_and_declare(frame, min_count, integers="log", dim=16, missing="mean"):
+    """The Criteo protocol on generated rows: BARS buckets if ``integers="bucket"``, the 80/10/10
+    split in row order, vocabularies from train (``min_count``), the integers' log statistics
+    (with ``missing``) and the FeatureSet. Returns ``(train, valid, test, vocabs, fs)``."""
+    if integers == "bucket":
+        for c in C.INT_COLUMNS:
+            frame[c] = C.bucketise(frame[c].to_numpy())
+    n_tr, n_va, _ = C.split_sizes(len(frame))
+    train = frame.iloc[:n_tr].reset_index(drop=True)
+    valid = frame.iloc[n_tr:n_tr + n_va].reset_index(drop=True)
+    test = frame.iloc[n_tr + n_va:].reset_index(drop=True)
+    cat_cols = C.CAT_COLUMNS + (C.INT_COLUMNS if integers == "bucket" else ())
+    vocabs = C.vocabularies(train, cat_cols, int(min_count))
+    stats = {}
+    if integers == "log":
+        stats = C._stats_from_sums({c: C._log_stats(train[c].to_numpy(np.float64), missing)
+                                    for c in C.INT_COLUMNS})
+    fs = C.feature_set(vocabs, stats, integers=integers, dim=int(dim), missing=missing)
+    return train, valid, test, vocabs, fs
+
+
 def load(data_dir: str | None = None, n_rows: int = 200_000, seed: int = 0, ctr: float = 0.25,
-         min_count: int = 20, integers: str = "log", dim: int = 16) -> Dataset:
+         min_count: int = 20, integers: str = "log", dim: int = 16,
+         missing: str = "mean") -> Dataset:
     """The synthetic Criteo-format set (``data_dir`` is ignored; nothing is read or written).
 
     Args:
@@ -215,24 +258,15 @@ def load(data_dir: str | None = None, n_rows: int = 200_000, seed: int = 0, ctr:
         min_count 4 to 20; the real-data loader defaults to BARS' 10).
       integers: ``"log"`` (Numeric, log1p inside the model) or ``"bucket"`` (BARS buckets).
       dim: embedding size declared for every categorical feature.
+      missing: an I field's missing value, as in :func:`recsys_tf.data.criteo.load` (default
+        ``"mean"``: this set's click model reads a missing integer at its mean, and its
+        benchmark figures were taken so).
     """
     del data_dir
-    C._check_integers(integers)
+    C._check_integers(integers, missing)
     frame = generate(n_rows, seed=seed, ctr=ctr).drop(columns=["logit"])
-    if integers == "bucket":
-        for c in C.INT_COLUMNS:
-            frame[c] = C.bucketise(frame[c].to_numpy())
-    n_tr, n_va, n_te = C.split_sizes(len(frame))
-    train = frame.iloc[:n_tr].reset_index(drop=True)
-    valid = frame.iloc[n_tr:n_tr + n_va].reset_index(drop=True)
-    test = frame.iloc[n_tr + n_va:].reset_index(drop=True)
-    cat_cols = C.CAT_COLUMNS + (C.INT_COLUMNS if integers == "bucket" else ())
-    vocabs = C.vocabularies(train, cat_cols, min_count)
-    stats = {}
-    if integers == "log":
-        stats = C._stats_from_sums({c: C._log_stats(train[c].to_numpy(np.float64))
-                                    for c in C.INT_COLUMNS})
-    fs = C.feature_set(vocabs, stats, integers=integers, dim=dim)
+    train, valid, test, vocabs, fs = split_and_declare(frame, min_count, integers, dim, missing)
+    n_tr, n_va, n_te = len(train), len(valid), len(test)
     from recsys_tf.metrics import auc, logloss
 
     info = {

@@ -9,9 +9,13 @@ For each selected feature ``f`` of a :class:`~recsys_tf.features.FeatureSet`:
 * Sequence of ids: ``e_f[j] = E_t[lookup_t(x_f[j])]`` for each position, with the mask
   ``m_f[j] = x_f[j] != pad``; pooled to ``sum_j m_j e_f[j] / max(1, sum_j m_j)`` when
   ``sequence="mean"``.
-* Numeric: ``z_f = (g(x_f) - mean) / std`` (NaN -> 0); returned as ``[batch, 1]`` when
-  ``numeric="value"``, or as a field embedding ``z_f * v_f`` with a learned ``v_f`` of size
-  ``dim`` when ``numeric="field"`` (what FM-style models use).
+* Numeric: ``z_f = (g(x_f) - mean) / std`` with a missing value (NaN) handled as the feature
+  declares (:class:`~recsys_tf.features.Numeric` ``missing``: ``"mean"`` -> 0, ``"fill"`` ->
+  ``fill_value`` before ``g``); returned as ``[batch, 1]`` when ``numeric="value"``, or as a
+  field embedding ``z_f * v_f`` with a learned ``v_f`` of size ``dim`` when
+  ``numeric="field"`` (what FM-style models use). A feature declared ``missing="indicator"``
+  also gets ``+ m_f * u_f`` where ``m_f`` is 1 if the value is missing, else 0, and ``u_f`` a
+  learned scalar (``"value"``) or ``dim``-vector (``"field"``), initialised to 0.
 
 Args:
   feature_set: the FeatureSet (or its ``to_dict()``).
@@ -113,8 +117,11 @@ def is_encoded(inputs) -> bool:
 
 def normalise(f: Numeric, x):
     """``(g(x) - mean) / std`` for a Numeric feature, ``g = log1p(max(x, 0))`` if ``f.log``;
-    NaN -> 0. Shape is kept."""
+    a missing value (NaN) is first replaced by ``f.fill_value`` when ``f.missing`` is
+    ``"fill"`` or ``"indicator"``, and reads 0 with ``"mean"``. Shape is kept."""
     x = tf.cast(x, tf.float32)
+    if f.fills:
+        x = tf.where(tf.math.is_nan(x), tf.constant(f.fill_value, tf.float32), x)
     if f.log:
         x = tf.math.log1p(tf.maximum(x, 0.0))
     z = (x - f.mean) / f.std
@@ -124,6 +131,11 @@ def normalise(f: Numeric, x):
 def normalise_many(features, x):
     """:func:`normalise` of ``x [batch, N]`` whose columns are the Numeric ``features``."""
     x = tf.cast(x, tf.float32)
+    fills = [f.fills for f in features]
+    if any(fills):
+        value = tf.constant([f.fill_value for f in features], tf.float32)[None, :]
+        filled = tf.where(tf.math.is_nan(x), value, x)
+        x = filled if all(fills) else tf.where(tf.constant(fills)[None, :], filled, x)
     logs = [f.log for f in features]
     if any(logs):
         lx = tf.math.log1p(tf.maximum(x, 0.0))
@@ -131,6 +143,19 @@ def normalise_many(features, x):
     z = (x - tf.constant([f.mean for f in features], tf.float32)) / tf.constant(
         [f.std for f in features], tf.float32)
     return tf.where(tf.math.is_nan(z), tf.zeros_like(z), z)
+
+
+def missing_indicator(features, x):
+    """``[batch, K]`` float 0/1: whether each of the ``features`` declared
+    ``missing="indicator"`` is missing (NaN) in ``x [batch, N]`` (columns = ``features``);
+    None when none is."""
+    cols = [j for j, f in enumerate(features) if f.missing == "indicator"]
+    if not cols:
+        return None
+    x = tf.cast(x, tf.float32)
+    if len(cols) != len(features):
+        x = tf.gather(x, cols, axis=1)
+    return tf.cast(tf.math.is_nan(x), tf.float32)
 
 
 def masked_mean(x, mask):
@@ -172,6 +197,8 @@ class FeatureEmbedding(keras.layers.Layer):
         self._numeric = tuple(n for n in self.features if kinds[n] is Numeric)
         self._cat = tuple(n for n in self.features if kinds[n] is Categorical)
         self._seq = tuple(n for n in self.features if kinds[n] is Sequence)
+        self._indicated = tuple(n for n in self._numeric
+                                if self.feature_set[n].missing == "indicator")
         offset, rows, groups = {}, {}, {}
         for t in self._tables:          # fused layout: per embedding size, tables end to end
             d = self.table_dim(t)
@@ -212,6 +239,11 @@ class FeatureEmbedding(keras.layers.Layer):
                 self.add_weight(name="fields_numeric", shape=(len(self._numeric), self.dim),
                                 initializer=init(), trainable=True)
                 if self.numeric == "field" and self._numeric else None)
+            self.missing_matrix = (   # u_f of the features declared missing="indicator"
+                self.add_weight(name="missing_numeric",
+                                shape=(len(self._indicated), self._numeric_width()),
+                                initializer="zeros", trainable=True)
+                if self._indicated else None)
         else:
             self.tables = {
                 t: self.add_weight(name=f"embedding_{t}", shape=(c.num_buckets, self.table_dim(t)),
@@ -222,7 +254,14 @@ class FeatureEmbedding(keras.layers.Layer):
                                    trainable=True)
                 for n in self.features
                 if self.numeric == "field" and isinstance(self.feature_set[n], Numeric)}
+            self.missing_vectors = {
+                n: self.add_weight(name=f"missing_{n}", shape=(self._numeric_width(),),
+                                   initializer="zeros", trainable=True)
+                for n in self._indicated}
         super().build(input_shape)
+
+    def _numeric_width(self):
+        return int(self.dim) if self.numeric == "field" else 1
 
     # -- lookups ----------------------------------------------------------------------------
     def lookup(self, name, values):
@@ -335,9 +374,13 @@ class FeatureEmbedding(keras.layers.Layer):
         for n in self.features:
             f = self.feature_set[n]
             if isinstance(f, Numeric):
-                z = normalise(f, inputs[NUM_KEY][:, self._numeric.index(n)] if is_encoded(inputs)
-                              else inputs[n])[:, None]
+                x = (inputs[NUM_KEY][:, self._numeric.index(n)] if is_encoded(inputs)
+                     else inputs[n])
+                z = normalise(f, x)[:, None]
                 out[n] = z * self.field_vectors[n] if self.numeric == "field" else z
+                if n in self._indicated:
+                    m = missing_indicator([f], tf.reshape(x, [-1, 1]))
+                    out[n] = out[n] + m * self.missing_vectors[n][None, :]
                 continue
             table = self.tables[self.feature_set.categorical_of(n).table]
             e = rows_of(table, self.ids(inputs, n))
@@ -356,8 +399,11 @@ class FeatureEmbedding(keras.layers.Layer):
         enc = self.encode(inputs)
         num = None
         if self._numeric:
-            z = normalise_many([self.feature_set[n] for n in self._numeric], enc[NUM_KEY])
+            feats = [self.feature_set[n] for n in self._numeric]
+            z = normalise_many(feats, enc[NUM_KEY])
             num = z[:, :, None] * self.field_matrix[None] if self.numeric == "field" else z
+            if self._indicated:
+                num = num + self._missing_terms(feats, enc[NUM_KEY])
         penalty, groups = [], []
         for d, cols, offs in self._groups:
             ids = enc[CAT_KEY]
@@ -382,6 +428,20 @@ class FeatureEmbedding(keras.layers.Layer):
         if penalty:
             self.add_loss(self.embeddings_l2 * tf.add_n(penalty))
         return num, groups, seqs
+
+    def _missing_terms(self, feats, x):
+        """Fused mode: ``m_f * u_f`` laid out as the numeric block (``[b, N, dim]`` or
+        ``[b, N]``), zero in the columns of features without an indicator."""
+        m = missing_indicator(feats, x)                                  # [b, K]
+        width = self._numeric_width()
+        terms = m[:, :, None] * self.missing_matrix[None]               # [b, K, width]
+        if len(self._indicated) != len(self._numeric):
+            cols = [self._numeric.index(n) for n in self._indicated]
+            # [N, K] 0/1 placement: column j of the block takes indicator k where cols[k] == j
+            place = np.zeros((len(self._numeric), len(cols)), np.float32)
+            place[cols, np.arange(len(cols))] = 1.0
+            terms = tf.einsum("nk,bkw->bnw", tf.constant(place), terms)
+        return terms if self.numeric == "field" else terms[:, :, 0]
 
     def fields(self, inputs):
         """``[batch, fields, dim]`` in ``features`` order: ``stack(self(inputs))``, built

@@ -8,7 +8,8 @@
   multi-valued categorical column), each numeric feature's normalised value ``z_f``, and the
   cross-product transformations ``phi(x)``: for every declared cross ``(a, b, ...)`` the raw
   values are crossed and hashed into ``cross_buckets`` bins (``keras.layers.HashedCrossing``),
-  one-hot. :meth:`WideDeep.wide_inputs` shows them feature by feature; the linear model is fed
+  one-hot (a numeric feature declared ``missing="indicator"`` adds its 0/1 missing indicator
+  as an input). :meth:`WideDeep.wide_inputs` shows them feature by feature; the linear model is fed
   them packed (:meth:`WideDeep.linear_inputs`: the one-hot and count blocks side by side in one
   sparse input, so one kernel holds every feature's weights), the same linear function in far
   fewer ops. The LinearModel is :class:`WideLinearModel`, which multiplies a sparse input by a
@@ -275,11 +276,15 @@ class WideDeep(RankingModel, keras.experimental.WideDeepModel):
                 values = tf.ones(tf.shape(indices)[:1], tf.float32)
             out["one_hot"] = tf.SparseTensor(
                 indices, values, tf.stack([rows, tf.constant(width, tf.int64)]))
-        numeric = []
+        numeric, indicators = [], []
         for n in self.wide_features:
             f = self.feature_set[n]
             if isinstance(f, Numeric):
-                numeric.append(normalise(f, enc[NUM_KEY][:, emb._numeric.index(n)]))
+                x = enc[NUM_KEY][:, emb._numeric.index(n)]
+                numeric.append(normalise(f, x))
+                if f.missing == "indicator":
+                    indicators.append(tf.cast(tf.math.is_nan(x), tf.float32))
+        numeric += indicators      # the missing indicators after the values
         if numeric:
             out["numeric"] = tf.stack(numeric, axis=1)
         return out
@@ -296,6 +301,10 @@ class WideDeep(RankingModel, keras.experimental.WideDeepModel):
                 x = (inputs[NUM_KEY][:, emb._numeric.index(n)] if is_encoded(inputs)
                      else inputs[n])
                 out[n] = normalise(f, x)[:, None]
+                if f.missing == "indicator":   # [z, 1 if missing]
+                    out[n] = tf.concat(
+                        [out[n], tf.cast(tf.math.is_nan(tf.cast(x, tf.float32)), tf.float32)[:, None]],
+                        axis=1)
             elif isinstance(f, Sequence):
                 ids = tf.ragged.boolean_mask(emb.ids(inputs, n), emb.mask(inputs, n))
                 out[n] = self._encoders[n](ids)
