@@ -489,14 +489,6 @@ def _stacked(arrays, copies):
     return {k: np.concatenate([v] * copies) for k, v in arrays.items()}
 
 
-def _warms_batch_functions():
-    """Whether the server makes its batch functions in the background after loading a
-    version (and logs when they are made): then a batching server is measured after that."""
-    from recsys_tf.server import loader
-
-    return hasattr(getattr(loader, "VersionLoader", None), "_warm_batches")
-
-
 def _batch_totals(rest_port):
     """(batches, requests) the batching server has run, from its Prometheus metrics."""
     import urllib.request
@@ -602,15 +594,6 @@ def main(argv=None):
                         *no_polling, "--enable_batching", "--batching_parameters_file", params),
                         cpus=server_cpus, rest_api_port=0)
                     rest_ports[mode] = servers[mode].rest_port
-                t0 = time.perf_counter()
-                for mode in timeouts if _warms_batch_functions() else ():
-                    # measured once every model's batch functions are made
-                    if not servers[mode].wait_for_log(r"batch functions (warmed|not warmed)",
-                                                      len(args.models), timeout=300):
-                        print(f"  {mode}: not every model logged its batch functions warmed "
-                              "within 300 s; measuring anyway", flush=True)
-                print(f"  batching servers ready in {time.perf_counter() - t0:.1f} s",
-                      flush=True)
                 for name in args.models:
                     for c in args.concurrency:
                         cell_modes = modes + (IDEAL,) if c == max(args.concurrency) else modes

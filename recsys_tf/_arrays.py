@@ -2,7 +2,7 @@
 :mod:`recsys_tf.client.rerank`.
 
 Numpy only: this module must import neither TensorFlow nor any model code, because the
-serving side (``recsys_tf.serving``) imports it. Each helper raises ``ValueError`` naming
+client (``recsys_tf.client``) imports it. Each helper raises ``ValueError`` naming
 the argument, the value it got and what was expected.
 """
 from __future__ import annotations

@@ -94,6 +94,10 @@ def add_server_arguments(parser: argparse.ArgumentParser,
           default=False, metavar="BOOL",
           help="answer Predict with outputs in tensor_content instead of the typed fields "
           "(float_val, int64_val, string_val, ...); default false, as TF Serving")
+    _flag(g, "--enable_signature_method_name_check", type=_bool, nargs="?", const=True,
+          default=False, metavar="BOOL",
+          help="Classify, Regress and MultiInference take only signatures whose method name is "
+          "tensorflow/serving/classify (regress); default false, as TF Serving")
     _flag(g, "--tensorflow_session_parallelism", type=int, default=0, metavar="N",
           help="TensorFlow intra- and inter-op threads (0: automatic)")
     _flag(g, "--tensorflow_intra_op_parallelism", type=int, default=0, metavar="N",

@@ -199,11 +199,15 @@ class VersionLoader:
         packed = any_pb2.Any()
         packed.Pack(sig_map)
         ver = Version(name, version, path, session, signature_defs, packed)
-        warm, replayed = self.run_warmup(ver) if self.warmup else (0, set())
-        for key in signature_defs:
-            # keys starting "__" are TensorFlow's own (__saved_model_init_op): not run again
-            if key not in replayed and not key.startswith("__"):
-                self.runner.warm(ver, key)
+        try:
+            warm, replayed = self.run_warmup(ver) if self.warmup else (0, set())
+            for key in signature_defs:
+                # keys starting "__" are TensorFlow's own (__saved_model_init_op): not run again
+                if key not in replayed and not key.startswith("__"):
+                    self.runner.warm(ver, key)
+        except BaseException:   # a failed warmup fails the load: its session goes with it
+            session.close()
+            raise
         log.info("loaded model %s version %d from %s in %.2fs%s", name, version, path,
                  time.perf_counter() - start, f" ({warm} warmup requests)" if warm else "")
         return ver
@@ -220,7 +224,12 @@ class VersionLoader:
                 raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                                    f"Number of warmup records exceeds the maximum "
                                    f"({MAX_WARMUP_RECORDS}) at {path}")
-            entry = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+            try:
+                entry = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+            except DecodeError as exc:
+                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"warmup record {i} at {path} is not a PredictionLog: "
+                                   f"{exc}") from None
             kind = entry.WhichOneof("log_type")
             if kind != "predict_log":
                 log.warning("model %s version %d: %s warmup records are not replayed",

@@ -45,6 +45,8 @@ Args (all keywords; defaults are TF Serving's where the flag is TF Serving's):
   saved_model_tags: comma-separated MetaGraph tags to load (``serve``).
   enable_serialization_as_tensor_content: answer with ``tensor_content`` instead of the typed
     fields (``float_val``, ...); TF Serving's default is false.
+  enable_signature_method_name_check: Classify / Regress / MultiInference check the
+    signature's method name (TF Serving's default is false: inputs and outputs are checked).
 
 Example::
 
@@ -152,6 +154,7 @@ class ServerOptions:
     grpc_channel_arguments: str = ""
     saved_model_tags: str = "serve"
     enable_serialization_as_tensor_content: bool = False
+    enable_signature_method_name_check: bool = False
 
     # resolved once from the above (not arguments)
     batching: Optional[BatchingOptions] = field(init=False, default=None)
@@ -251,4 +254,5 @@ class ServerOptions:
             tensorflow_inter_op_parallelism=args.tensorflow_inter_op_parallelism,
             grpc_channel_arguments=args.grpc_channel_arguments,
             saved_model_tags=args.saved_model_tags,
-            enable_serialization_as_tensor_content=args.enable_serialization_as_tensor_content)
+            enable_serialization_as_tensor_content=args.enable_serialization_as_tensor_content,
+            enable_signature_method_name_check=args.enable_signature_method_name_check)

@@ -139,7 +139,9 @@ class ModelServer:
                                     options.warmup, options.num_request_iterations_for_warmup)
         self.registry = Registry(options, self.loader, self.metrics)
         if inference is None:
-            inference = InferenceService(self.registry, self.runner)
+            inference = InferenceService(
+                self.registry, self.runner,
+                method_name_check=options.enable_signature_method_name_check)
         self.prediction = PredictionService(self.registry, self.runner, inference)
         self.model_service = ModelService(self.registry)
         self._grpc_server = None

@@ -10,8 +10,8 @@ in the metrics.
 
 Classify, Regress and MultiInference go to the ``inference`` object the service is
 constructed with: anything with ``classify(request)``, ``regress(request)`` and
-``multi_inference(request)`` methods (e.g. ``InferenceService(registry, runner)``); the
-default, ``UnimplementedInference``, answers UNIMPLEMENTED.
+``multi_inference(request)`` methods: ``ModelServer`` hands it ``InferenceService(registry,
+runner)``; a service made without one (``UnimplementedInference``) answers UNIMPLEMENTED.
 
 Example::
 

@@ -70,3 +70,35 @@ def test_grpc_on_a_unix_socket(tmp_path):
             stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
             y = stub.Predict(request, timeout=30).outputs["y"]
     assert list(y.float_val) == [4.0]
+
+
+@pytest.mark.parametrize("check", [False, True])
+def test_signature_method_name_check_flag_reaches_regress(check):
+    """``--enable_signature_method_name_check``: Regress on half_plus_two's classify signature
+    is refused for its method name only when the check is on (TF Serving's default: off, and
+    then refused for its outputs)."""
+    if not os.path.isdir(HALF_PLUS_TWO):
+        pytest.skip(f"TF Serving's test data not found at {HALF_PLUS_TWO}")
+    from tensorflow.core.example import example_pb2
+    from tensorflow_serving.apis import regression_pb2
+
+    from recsys_tf.server.server import ModelServer
+
+    flags = ["--enable_signature_method_name_check"] if check else []
+    options = ServerOptions.from_args(_args("--model_base_path", HALF_PLUS_TWO, "--model_name",
+                                            "default", "--port", "0", *flags))
+    assert options.enable_signature_method_name_check is check
+    request = regression_pb2.RegressionRequest()
+    request.model_spec.name = "default"
+    request.model_spec.signature_name = "classify_x_to_y"
+    example = example_pb2.Example()
+    example.features.feature["x"].float_list.value.append(2.0)
+    request.input.example_list.examples.add().CopyFrom(example)
+    with ModelServer(options) as srv, grpc.insecure_channel(srv.target) as channel:
+        with pytest.raises(grpc.RpcError) as info:
+            prediction_service_pb2_grpc.PredictionServiceStub(channel).Regress(request,
+                                                                              timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = info.value.details()
+    assert details.startswith("Expected") is check, details        # the method name's check
+    assert ("No regression outputs found" in details) is not check, details
