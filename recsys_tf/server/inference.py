@@ -80,10 +80,6 @@ __all__ = ["InferenceService", "serialized_examples", "classification_request_fr
 
 
 # --------------------------------------------------------------------------- helpers
-def _shape(array: np.ndarray) -> str:
-    return "[" + ",".join(str(d) for d in array.shape) + "]"
-
-
 def _dtype_name(array: np.ndarray) -> str:
     try:
         return types_pb2.DataType.Name(codec.dtype_enum(array.dtype))
@@ -162,7 +158,7 @@ def _classification_keys(sig, check_method: bool) -> Tuple[str, List[str]]:
 def _check_classification_output(array: np.ndarray, what: str, is_type, type_name: str,
                                   num_examples: int) -> None:
     if array.ndim != 2:
-        raise invalid(f"Expected Tensor shape: [batch_size num_classes] but got {_shape(array)}")
+        raise invalid(f"Expected Tensor shape: [batch_size num_classes] but got {codec.shape_text(array.shape)}")
     if not is_type(array):
         raise invalid(f"Expected {what} Tensor of {type_name}. Got: {_dtype_name(array)}")
     if array.shape[0] != num_examples:
@@ -221,7 +217,7 @@ def _regression_result(num_examples: int, outputs: Dict[str, np.ndarray], result
     array = np.asarray(outputs[REGRESSION_OUTPUT])
     if not (array.ndim == 1 or (array.ndim == 2 and array.shape[1] == 1)):
         raise invalid("Expected output Tensor shape to be either [batch_size] or "
-                      f"[batch_size, 1] but got {_shape(array)}")
+                      f"[batch_size, 1] but got {codec.shape_text(array.shape)}")
     if array.shape[0] != num_examples:
         raise invalid(f"Input batch size did not match output batch size: {num_examples} vs. "
                       f"{array.shape[0]}")
@@ -382,7 +378,7 @@ def _format_error(doc, message: str) -> ServingError:
 _KIND_NAMES = {"bytes_list": "bytes", "float_list": "float", "int64_list": "int64", None: "UNKNOWN"}
 
 
-def _json_type(value) -> str:
+def json_type_name(value) -> str:
     """rapidjson's name of a JSON value's type (JsonTypeString)."""
     if isinstance(value, bool):
         return str(value)                                   # "True" / "False"
@@ -425,13 +421,13 @@ def _add_value(value, name: str, feature) -> None:
         feature.float_list.value.append(float(value))
     else:  # null, a nested list, an object that is not {"b64": ...}
         raise invalid(f"Feature: {name} has element with unexpected JSON type: "
-                      f"{_json_type(value)}")
+                      f"{json_type_name(value)}")
 
 
 def _example_from_json(value, example) -> None:
     """A JSON object as a tf.Example (TF Serving's MakeExampleFromJsonObject)."""
     if not isinstance(value, dict):
-        raise invalid(f"Example must be JSON object but got JSON {_json_type(value)}")
+        raise invalid(f"Example must be JSON object but got JSON {json_type_name(value)}")
     for name, content in value.items():
         feature = feature_pb2.Feature()
         for item in (content if isinstance(content, list) else [content]):

@@ -75,26 +75,14 @@ _INT_RANGES = {
     _DT.DT_UINT64: (0, 2**64 - 1),
 }
 _FLOAT_EXACT = {_DT.DT_FLOAT: 2**24 - 1, _DT.DT_DOUBLE: 2**53 - 1}
-_TYPE_NAMES = {type(None): "Null", bool: "Bool", dict: "Object", list: "Array", str: "String",
-               int: "Number", float: "Number"}
-
-
 # --------------------------------------------------------------------------- JSON -> arrays
-def _jtype(value) -> str:
-    if value is True:
-        return "True"
-    if value is False:
-        return "False"
-    return _TYPE_NAMES.get(type(value), type(value).__name__)
-
-
 def _jstr(value) -> str:
     text = json.dumps(value, allow_nan=True)
     return text if len(text) <= 200 else text[:200] + "..."
 
 
 def _type_error(value, dtype) -> ServingError:
-    return invalid(f"JSON Value: {_jstr(value)} Type: {_jtype(value)} is not of expected type: "
+    return invalid(f"JSON Value: {_jstr(value)} Type: {inference.json_type_name(value)} is not of expected type: "
                    f"{codec.dtype_name(dtype)}")
 
 
@@ -213,8 +201,8 @@ def _instances_to_arrays(instances: list, infos) -> Dict[str, np.ndarray]:
                                    f"'instances' list. Error: {exc.message}") from None
             if key in shapes and shapes[key] != shape:
                 raise invalid(f"Failed to process element: {i} key: {key} of 'instances' list. "
-                              f"Error: Expecting shape {_shape(shapes[key])} but got: "
-                              f"{_shape(shape)}")
+                              f"Error: Expecting shape {codec.shape_text(shapes[key])} but got: "
+                              f"{codec.shape_text(shape)}")
             shapes[key] = shape
             columns[key].extend(flat)
         if objects and set(element) != set(names):
@@ -247,10 +235,6 @@ def _inputs_to_arrays(inputs, infos) -> Dict[str, np.ndarray]:
             raise invalid(f"Missing named input: {name} in 'inputs' object.")
         arrays[name] = json_to_array(inputs[name], infos[name].dtype)
     return arrays
-
-
-def _shape(dims) -> str:
-    return "[" + ",".join(str(d) for d in dims) + "]"
 
 
 # --------------------------------------------------------------------------- arrays -> JSON

@@ -46,10 +46,6 @@ from recsys_tf.wire.errors import CODE_BY_VALUE, ServingError, invalid
 log = logging.getLogger("recsys_tf.server.server")
 
 
-def _shape_str(dims) -> str:
-    return "[" + ",".join(str(d) for d in dims) + "]"
-
-
 class _Expected(NamedTuple):
     """What one input of a signature must be, read once from its ``TensorInfo``."""
 
@@ -293,10 +289,10 @@ class Runner:
         for d in dims:
             if d < 0:
                 raise invalid(f"tensor parsing error: {key}: negative dimension in shape "
-                              f"{_shape_str(dims)}")
+                              f"{codec.shape_text(dims)}")
             n *= d
         if n > self.max_message_bytes:
-            raise invalid(f"tensor parsing error: {key}: shape {_shape_str(dims)} holds {n} "
+            raise invalid(f"tensor parsing error: {key}: shape {codec.shape_text(dims)} holds {n} "
                           f"elements, more than this server accepts ({self.max_message_bytes})")
         content = proto.tensor_content
         if content and want.is_string:       # TensorFlow's packed layout
@@ -310,7 +306,7 @@ class Runner:
             if len(content) != n * want.itemsize:
                 raise invalid(
                     f"tensor parsing error: {key}: tensor_content holds {len(content)} bytes, "
-                    f"but a {codec.dtype_name(dtype)} tensor of shape {_shape_str(dims)} "
+                    f"but a {codec.dtype_name(dtype)} tensor of shape {codec.shape_text(dims)} "
                     f"needs {n * want.itemsize}")
         elif want.field is None:  # a dtype the codec has no layout for
             raise invalid(f"tensor parsing error: {key}: {want.error}")

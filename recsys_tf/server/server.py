@@ -71,11 +71,7 @@ from typing import Dict, List, Optional
 
 import grpc
 
-from recsys_tf.server.flags import (  # noqa: F401  (re-exported)
-    DEFAULT_MAX_MESSAGE_BYTES,
-    PROMETHEUS_PATH,
-    add_server_arguments,
-)
+from recsys_tf.server.flags import add_server_arguments
 from recsys_tf.server.inference import InferenceService
 from recsys_tf.server.loader import VersionLoader
 from recsys_tf.server.metrics import Metrics

@@ -109,6 +109,11 @@ _FIELD = {
 _LITTLE = sys.byteorder == "little"
 
 
+def shape_text(dims) -> str:
+    """A shape as TF Serving's messages print it: ``[2,3]``."""
+    return "[" + ",".join(str(d) for d in dims) + "]"
+
+
 def dtype_name(enum: int) -> str:
     """TensorFlow's short name of a ``types_pb2.DataType`` value ("float", "string", ...)."""
     name = _NAMES.get(int(enum))
