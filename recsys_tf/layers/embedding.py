@@ -184,6 +184,8 @@ class FeatureEmbedding(keras.layers.Layer):
         self.sequence = sequence
         self.embeddings_l2 = float(embeddings_l2)
         self.initializer_stddev = float(initializer_stddev)
+        if not self.initializer_stddev > 0:
+            raise ValueError(f"initializer_stddev={initializer_stddev!r}, expected a number > 0")
         self.fused = bool(fused)
         tables = {}  # table name -> owning Categorical (built first: Keras tracks dicts)
         for n in self.features:

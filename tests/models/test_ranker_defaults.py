@@ -1,5 +1,6 @@
 """The rankers' defaults: xDeepFM's CIN crosses the id embeddings by default, and the
 pipeline trains rankers with ``pipeline.RANKER_DEFAULTS``."""
+import numpy as np
 import pytest
 
 from recsys_tf import pipeline
@@ -35,3 +36,33 @@ def test_pipeline_trains_rankers_with_the_declared_defaults(tiny_synthetic):
     assert int(model.optimizer.iterations.numpy()) == n_batches
     assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(
         pipeline.RANKER_DEFAULTS["learning_rate"])
+
+
+def test_deepfm_embeddings_start_at_the_declared_stddev():
+    from recsys_tf.models.deepfm import DeepFM
+
+    keras.utils.set_random_seed(0)
+    for stddev in (None, 0.05):
+        options = {} if stddev is None else {"embeddings_stddev": stddev}
+        model = DeepFM(FS, dim=16, dnn_units=(8,), **options)
+        model({k: v[:4] for k, v in X.items()})
+        want = 0.01 if stddev is None else stddev
+        assert model.get_config()["embeddings_stddev"] == want
+        values = np.concatenate([v.numpy().ravel() for v in model.embedding.fused_tables.values()]
+                                + [model.embedding.field_matrix.numpy().ravel()])
+        assert values.size > 400
+        assert 0.8 * want < values.std() < 1.2 * want
+        clone = DeepFM.from_config(model.get_config())
+        assert clone.embedding.initializer_stddev == want
+
+
+def test_embedding_stddev_must_be_positive():
+    from recsys_tf.layers.embedding import FeatureEmbedding
+
+    with pytest.raises(ValueError, match=r"initializer_stddev=0\b.*expected a number > 0"):
+        FeatureEmbedding(FS, FS.names, dim=4, initializer_stddev=0)
+
+
+def test_xdeepfm_default_cin_is_two_layers_of_32():
+    model = XDeepFM(FS, dim=4, dnn_units=(8,))
+    assert model.get_config()["cin_sizes"] == [32, 32]
