@@ -66,3 +66,20 @@ def test_embedding_stddev_must_be_positive():
 def test_xdeepfm_default_cin_is_two_layers_of_32():
     model = XDeepFM(FS, dim=4, dnn_units=(8,))
     assert model.get_config()["cin_sizes"] == [32, 32]
+
+
+def test_dcn_v2_numeric_values_or_fields():
+    from recsys_tf.models.dcn_v2 import DCNv2
+
+    batch = {k: v[:4] for k, v in X.items()}
+    n_numeric = sum(isinstance(FS[n], Numeric) for n in FS.names)
+    assert n_numeric >= 1
+    values = DCNv2(FS, dim=4, cross_layers=1, dnn_units=(8,))
+    fields = DCNv2(FS, dim=4, cross_layers=1, dnn_units=(8,), numeric="field")
+    assert values.get_config()["numeric"] == "value" and fields.get_config()["numeric"] == "field"
+    width_values = values.embedding.flat(values.encode_inputs(batch)).shape[1]
+    width_fields = fields.embedding.flat(fields.encode_inputs(batch)).shape[1]
+    assert width_fields == len(FS.names) * 4
+    assert width_fields - width_values == n_numeric * 3        # each value becomes 4 entries
+    with pytest.raises(ValueError, match="numeric='fields'"):
+        DCNv2(FS, dim=4, numeric="fields")

@@ -59,6 +59,8 @@ CONFIGS = {
     "dcn_v2_stacked": lambda: DCNv2(FS, dim=4, cross_layers=2, dnn_units=(8,)),
     "dcn_v2_parallel_low_rank": lambda: DCNv2(FS, dim=4, cross_layers=2, projection_dim=2,
                                               structure="parallel", dnn_units=(8,)),
+    "dcn_v2_numeric_fields": lambda: DCNv2(FS, dim=4, cross_layers=2, numeric="field",
+                                           dnn_units=(8,)),
     "dcn_v2_experts": lambda: DCNv2(FS, dim=None, cross_layers=2, projection_dim=2,
                                     num_experts=2, dnn_units=(8,)),
     "wide_deep": lambda: WideDeep(FS, crosses=[("user_id", "category")], cross_buckets=16,
