@@ -33,8 +33,8 @@ Args:
     ``z_f``, one entry, as in the paper and DeepCTR's DCN) or ``"field"`` (a field embedding
     ``z_f * v_f`` of size ``dim``, as DeepFM's fields; needs ``dim``). ``"field"`` scored
     +0.0049 test AUC on average over the five tuning members of the criteo family, but widens
-    ``x_0`` (Criteo: 429 -> 624 entries) and so every full-rank cross layer, for about 0.75x
-    the training speed (benchmarks/README.md, "Defaults that generalise").
+    ``x_0`` (Criteo: 429 -> 624 entries) and so every full-rank cross layer, which slows
+    training (measured in benchmarks/README.md, "Defaults that generalise").
 
 Inputs: dict of raw feature tensors. Outputs: click probability ``[batch]``.
 
